@@ -1,0 +1,398 @@
+"""The decoder-only transformer of the Qwen2 and Llama families, with HF checkpoints in and out.
+
+    from model import Transformer
+    m = Transformer.from_pretrained("DeepSeek-R1-Distill-Qwen-1.5B", device="cuda")
+    logits = m(input_ids)                       # (B, T, vocab)
+    m.save_pretrained("out/")                   # transformers' AutoModelForCausalLM loads it
+
+One forward serves training, prefill and decode:
+
+    m(ids, positions=pos, cache=kv)             # sample.py owns the KV cache object
+    m(ids, positions=pos, seq_lens=[5, 9, 2])   # padding-free packing: 3 sequences in one row
+    h = m(ids, return_hidden=True)              # final-normed hidden states, no lm_head
+    logp, ent = m.token_logprobs(h, targets)    # vocab-chunked, never a [T, vocab] fp32 tensor
+
+Parameter names mirror transformers' (embed_tokens, layers.N.self_attn.q_proj, mlp.gate_proj,
+input_layernorm, norm, lm_head), so loading a checkpoint is "strip the `model.` prefix and
+load_state_dict(strict, assign) on the meta device". Deliberately left out: rope scaling
+(llama3, yarn, linear, dynamic), sliding-window attention, dropout, MoE, multimodal towers.
+Each of these is refused by name when a config asks for it.
+"""
+import json
+import math
+import os
+from dataclasses import dataclass, field, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+# ----------------------------------------------------------------------------- config
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class ModelConfig:
+    model_type: str = "qwen2"            # "qwen2" or "llama"
+    vocab_size: int = 151936
+    hidden_size: int = 1536
+    intermediate_size: int = 8960        # SwiGLU inner width
+    num_hidden_layers: int = 28
+    num_attention_heads: int = 12
+    num_key_value_heads: int = 2         # GQA: each KV head serves heads / kv_heads query heads
+    head_dim: int = 0                    # 0 -> hidden_size // num_attention_heads
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    max_position_embeddings: int = 131072
+    tie_word_embeddings: bool = False    # lm_head shares embed_tokens' weight
+    attention_bias: bool = True          # q/k/v (Qwen2) or q/k/v/o (Llama) carry a bias
+    mlp_bias: bool = False               # Llama only
+    torch_dtype: str = "bfloat16"        # the checkpoint's dtype, the default when loading
+    bos_token_id: int | None = None
+    eos_token_id: list[int] = field(default_factory=list)  # the ids that end a generation
+
+    def __post_init__(self):
+        if self.head_dim == 0:
+            self.head_dim = self.hidden_size // self.num_attention_heads
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(f"num_attention_heads={self.num_attention_heads} is not a multiple of "
+                             f"num_key_value_heads={self.num_key_value_heads}")
+
+    @classmethod
+    def from_hf(cls, d: dict, where: str = "config.json") -> "ModelConfig":
+        """Read the keys we use from an HF config dict (transformers 4.x or 5.x layout)."""
+        mt = d.get("model_type")
+        if mt not in ("qwen2", "llama"):
+            raise ValueError(f"{where}: model_type {mt!r} is not implemented (qwen2 and llama are)")
+        act = d.get("hidden_act", "silu")
+        if act != "silu":
+            raise ValueError(f"{where}: hidden_act {act!r} is not implemented (silu is)")
+        if mt == "qwen2" and d.get("use_sliding_window"):
+            raise ValueError(f"{where}: use_sliding_window=true is not implemented")
+        # transformers 5 folds rope_theta and rope_scaling into rope_parameters.
+        rope = dict(d.get("rope_parameters") or {})
+        scaling = d.get("rope_scaling") or rope
+        kind = scaling.get("rope_type", scaling.get("type", "default")) if scaling else "default"
+        if kind != "default":
+            raise ValueError(f"{where}: rope_scaling type {kind!r} is not implemented "
+                             "(only plain RoPE with rope_theta is)")
+        theta = d.get("rope_theta", rope.get("rope_theta", 10000.0))
+        eos = d.get("eos_token_id")
+        eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+        dtype = d.get("torch_dtype") or d.get("dtype") or "float32"
+        if dtype not in _DTYPES:
+            raise ValueError(f"{where}: dtype {dtype!r} is not one of {sorted(_DTYPES)}")
+        return cls(
+            model_type=mt, vocab_size=d["vocab_size"], hidden_size=d["hidden_size"],
+            intermediate_size=d["intermediate_size"], num_hidden_layers=d["num_hidden_layers"],
+            num_attention_heads=d["num_attention_heads"],
+            num_key_value_heads=d.get("num_key_value_heads") or d["num_attention_heads"],
+            head_dim=d.get("head_dim") or 0, rms_norm_eps=d.get("rms_norm_eps", 1e-6),
+            rope_theta=float(theta), max_position_embeddings=d.get("max_position_embeddings", 4096),
+            tie_word_embeddings=d.get("tie_word_embeddings", mt == "llama"),
+            attention_bias=True if mt == "qwen2" else d.get("attention_bias", False),
+            mlp_bias=False if mt == "qwen2" else d.get("mlp_bias", False),
+            torch_dtype=dtype, bos_token_id=d.get("bos_token_id"), eos_token_id=eos)
+
+    def to_hf(self) -> dict:
+        """The config.json transformers expects for this architecture."""
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        eos = d.pop("eos_token_id")
+        d["eos_token_id"] = eos[0] if len(eos) == 1 else (eos or None)
+        d["architectures"] = ["Qwen2ForCausalLM" if self.model_type == "qwen2" else "LlamaForCausalLM"]
+        d.update(hidden_act="silu", rope_scaling=None, attention_dropout=0.0)
+        if self.model_type == "qwen2":
+            d.pop("attention_bias"), d.pop("mlp_bias")
+            d.update(use_sliding_window=False, sliding_window=None)
+        return d
+
+
+# ----------------------------------------------------------------------------- layers
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x):
+        # Normalise in fp32, cast back, then scale: the order the released checkpoints assume.
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+def rope_cos_sin(positions, head_dim: int, theta: float, dtype):
+    """cos, sin of shape (B, T, head_dim) for integer positions (B, T); halves repeated (HF layout)."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=positions.device,
+                                            dtype=torch.float32) / head_dim)
+    ang = positions.float()[..., None] * inv_freq                      # (B, T, D/2)
+    ang = torch.cat([ang, ang], dim=-1)                                 # (B, T, D)
+    return ang.cos().to(dtype), ang.sin().to(dtype)
+
+
+def apply_rope(x, cos, sin):
+    """x (B, H, T, D); rotates pairs (i, i + D/2), as transformers' rotate_half does."""
+    x1, x2 = x.chunk(2, dim=-1)
+    rotated = torch.cat([-x2, x1], dim=-1)
+    return x * cos[:, None] + rotated * sin[:, None]
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_heads, self.n_kv, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        qkv_bias, o_bias = cfg.attention_bias, cfg.attention_bias and cfg.model_type == "llama"
+        self.q_proj = nn.Linear(cfg.hidden_size, self.n_heads * self.head_dim, bias=qkv_bias)
+        self.k_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=qkv_bias)
+        self.v_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=qkv_bias)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, cfg.hidden_size, bias=o_bias)
+
+    def forward(self, x, cos, sin, cache=None, seq_lens=None):
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        k = self.k_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)     # (B, Hkv, T, D)
+        v = self.v_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        # enable_gqa lets SDPA share each KV head across its query heads without copying K/V.
+        gqa = self.n_kv != self.n_heads
+        if cache is not None:
+            # The cache stores the new K/V and returns what this step attends to, (B, Hkv, S, D),
+            # with a boolean mask (B, 1, T, S) (True = attend) that encodes causality and lengths.
+            k, v, mask = cache.update(self.layer_idx, k, v)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+        elif seq_lens is not None:
+            # Packed row: attend causally within each sequence only (a block-diagonal mask,
+            # computed as one causal call per sequence so fused kernels stay usable).
+            y = torch.cat([F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, enable_gqa=gqa)
+                           for qs, ks, vs in zip(q.split(seq_lens, 2), k.split(seq_lens, 2),
+                                                 v.split(seq_lens, 2))], dim=2)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        b = cfg.mlp_bias
+        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=b)
+        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=b)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=b)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))  # SwiGLU
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = Attention(cfg, layer_idx)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cos, sin, cache=None, seq_lens=None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, seq_lens)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+# ----------------------------------------------------------------------------- model
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        if cfg.tie_word_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+        self.gradient_checkpointing = False  # recompute each layer in backward (training only)
+        self.apply(self._init_weights)       # a no-op on the meta device
+
+    @staticmethod
+    def _init_weights(m):
+        # Random weights for benchmarks and toy models; real runs load a checkpoint.
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+    def forward(self, input_ids, positions=None, cache=None, seq_lens=None, return_hidden=False):
+        """input_ids (B, T) -> logits (B, T, vocab), or final-normed hidden (B, T, C).
+
+        positions (B, T): each token's position (default 0..T-1); packed rows and cached
+        decoding pass their own. cache: a KV cache object with update(layer_idx, k, v) (see
+        sample.py). seq_lens: lengths of the sequences packed into a single row (B == 1).
+        """
+        B, T = input_ids.shape
+        if positions is None:
+            positions = torch.arange(T, device=input_ids.device).expand(B, T)
+        if seq_lens is not None and (B != 1 or sum(seq_lens) != T):
+            raise ValueError(f"seq_lens {list(seq_lens)} must sum to T={T} in a single row (B={B})")
+        x = self.embed_tokens(input_ids)                                   # (B, T, C)
+        cos, sin = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta, x.dtype)
+        for layer in self.layers:
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(layer, x, cos, sin, cache, seq_lens, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, cache, seq_lens)
+        x = self.norm(x)
+        return x if return_hidden else self.lm_head(x)
+
+    def token_logprobs(self, hidden, targets, temperature: float = 1.0, chunk_size: int = 4096,
+                       with_entropy: bool = False):
+        """log p(targets) under softmax(lm_head(hidden) / temperature), and optionally entropy.
+
+        hidden (..., C) from forward(return_hidden=True), targets (...) int -> (...) fp32 each.
+        The vocab projection runs chunk_size tokens at a time and each chunk is recomputed in
+        backward, so at most one (chunk_size, vocab) fp32 block exists at once, not (T, vocab).
+        """
+        shape = targets.shape
+        h, t = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
+
+        def chunk(hc, tc):
+            logits = self.lm_head(hc).float() / temperature                # (N, V)
+            lse = torch.logsumexp(logits, dim=-1)
+            logp = logits.gather(-1, tc[:, None]).squeeze(-1) - lse
+            if not with_entropy:
+                return logp, logp
+            p = torch.softmax(logits, dim=-1)
+            return logp, lse - (p * logits).sum(-1)                        # H = lse - E_p[logit]
+
+        outs = []
+        for hc, tc in zip(h.split(chunk_size), t.split(chunk_size)):
+            if torch.is_grad_enabled() and hc.requires_grad:
+                outs.append(checkpoint(chunk, hc, tc, use_reentrant=False))
+            else:
+                outs.append(chunk(hc, tc))
+        logp = torch.cat([o[0] for o in outs]).view(shape)
+        return (logp, torch.cat([o[1] for o in outs]).view(shape)) if with_entropy else logp
+
+    # ------------------------------------------------------------------------- checkpoint IO
+
+    @classmethod
+    def from_pretrained(cls, path, device=None, dtype=None) -> "Transformer":
+        """Load an HF folder: config.json + model.safetensors, or sharded safetensors + index.
+
+        Parameters are created on the meta device and the loaded tensors assigned in place,
+        so the weights exist once in memory. dtype defaults to the checkpoint's torch_dtype.
+        """
+        cfg_path = os.path.join(path, "config.json")
+        if not os.path.isfile(cfg_path):
+            raise FileNotFoundError(f"{cfg_path}: no config.json (expected an HF model folder)")
+        with open(cfg_path) as f:
+            cfg = ModelConfig.from_hf(json.load(f), where=cfg_path)
+        dtype = dtype or _DTYPES[cfg.torch_dtype]
+        device = torch.device(device or "cpu")
+        files = _weight_files(path)
+        with torch.device("meta"):
+            model = cls(cfg)
+        expected = set(model.state_dict())
+        if cfg.tie_word_embeddings:
+            expected.discard("lm_head.weight")
+        state = {}
+        for hf_key, tensor in _read_safetensors(files, device):
+            key = hf_key.removeprefix("model.")
+            if key == "lm_head.weight" and cfg.tie_word_embeddings:
+                continue  # some tied checkpoints store a copy; the tie uses embed_tokens
+            state[key] = tensor.to(dtype)
+        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+        if missing or unexpected:
+            raise ValueError(f"{path}: checkpoint does not match the {cfg.model_type} architecture: "
+                             f"missing keys {missing[:10]}{'...' if len(missing) > 10 else ''}, "
+                             f"unexpected keys {unexpected[:10]}{'...' if len(unexpected) > 10 else ''}")
+        if cfg.tie_word_embeddings:
+            state["lm_head.weight"] = state["embed_tokens.weight"]
+        model.load_state_dict(state, strict=True, assign=True)
+        if cfg.tie_word_embeddings:
+            model.lm_head.weight = model.embed_tokens.weight  # assign replaced the shared Parameter
+        return model
+
+    def save_pretrained(self, path, max_shard_bytes: int = 5 * 2**30):
+        """Write config.json and safetensors (sharded with an index above max_shard_bytes).
+
+        Each file is written under a temporary name and renamed, so a crash never leaves a
+        half-written file under a real name.
+        """
+        from safetensors.torch import save_file
+        os.makedirs(path, exist_ok=True)
+        cfg = self.config.to_hf()
+        cfg["torch_dtype"] = {v: k for k, v in _DTYPES.items()}[self.embed_tokens.weight.dtype]
+        state = {("" if k == "lm_head.weight" else "model.") + k: v.detach().contiguous().cpu()
+                 for k, v in self.state_dict().items()
+                 if not (k == "lm_head.weight" and self.config.tie_word_embeddings)}
+        shards, cur, size = [], {}, 0
+        for k, v in state.items():
+            nbytes = v.numel() * v.element_size()
+            if cur and size + nbytes > max_shard_bytes:
+                shards.append(cur)
+                cur, size = {}, 0
+            cur[k], size = v, size + nbytes
+        shards.append(cur)
+        names = (["model.safetensors"] if len(shards) == 1 else
+                 [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
+        for name, shard in zip(names, shards):
+            _atomic(os.path.join(path, name), lambda tmp: save_file(shard, tmp, metadata={"format": "pt"}))
+        if len(shards) > 1:
+            index = {"metadata": {"total_size": sum(v.numel() * v.element_size() for v in state.values())},
+                     "weight_map": {k: n for n, s in zip(names, shards) for k in s}}
+            _atomic(os.path.join(path, "model.safetensors.index.json"), lambda tmp: _dump(index, tmp))
+        _atomic(os.path.join(path, "config.json"), lambda tmp: _dump(cfg, tmp))
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def _weight_files(path) -> list[str]:
+    single, index = os.path.join(path, "model.safetensors"), os.path.join(path, "model.safetensors.index.json")
+    if os.path.isfile(single):
+        return [single]
+    if os.path.isfile(index):
+        with open(index) as f:
+            shards = sorted(set(json.load(f)["weight_map"].values()))
+        missing = [s for s in shards if not os.path.isfile(os.path.join(path, s))]
+        if missing:
+            raise FileNotFoundError(f"{index} names shards that are not there: {missing}")
+        return [os.path.join(path, s) for s in shards]
+    raise FileNotFoundError(f"{path}: neither model.safetensors nor model.safetensors.index.json "
+                            "(only safetensors checkpoints are read)")
+
+
+def _read_safetensors(files, device, batch_bytes=2**28):
+    """Yield (name, tensor) from safetensors files, reopening every ~batch_bytes.
+
+    Tensors come from a private memory map. When they are converted to another dtype the
+    source pages stay resident until the map is closed, so the files are reopened in batches:
+    the peak stays near one copy of the weights instead of the checkpoint plus the result.
+    """
+    from safetensors import safe_open
+    for fn in files:
+        with safe_open(fn, framework="pt", device=str(device)) as f:
+            keys, batches, size = list(f.keys()), [[]], 0
+            for k in keys:
+                if size > batch_bytes:
+                    batches.append([])
+                    size = 0
+                batches[-1].append(k)
+                size += math.prod(f.get_slice(k).get_shape()) * 4  # an upper bound per element
+        for batch in batches:
+            with safe_open(fn, framework="pt", device=str(device)) as f:
+                for k in batch:
+                    yield k, f.get_tensor(k)
+
+
+def _dump(obj, fn):
+    with open(fn, "w") as f:
+        json.dump(obj, f, indent=2)
+
+
+def _atomic(fn, write):
+    tmp = fn + ".tmp"
+    write(tmp)
+    os.replace(tmp, fn)
