@@ -1,5 +1,7 @@
 """Text in and out: the checkpoint's tokenizer on tiktoken, chat templates, and dataset records.
 
+    python data.py stats deepscaler.json --model DIR   # rows, empty solutions, token lengths
+
     from data import Tokenizer, deepscaler_prompt
     tok = Tokenizer.from_pretrained("DeepSeek-R1-Distill-Qwen-1.5B")  # reads tokenizer.json
     ids = tok.encode("Hello world")       # == HF tokenizers' encode(text, add_special_tokens=False).ids
@@ -14,10 +16,19 @@ tiktoken regex, the NFC normaliser is applied, and added tokens are matched in t
 as HF does. What tiktoken cannot express (SentencePiece/Unigram models, byte fallback, other
 normalisers or pre-tokenizers, merges out of id order) is refused with a message naming it.
 Chat templates are the two the supported checkpoints use, written out, not run through jinja.
+
+Datasets: `load_records` reads a JSON list (deepscaler.json), JSONL, parquet (the hub's
+data/train-*.parquet, through pyarrow when installed) or a folder of such shards into dicts
+with `problem`, `answer` and `solution` strings, every other field kept. Bad rows are errors
+naming file, line and field, or are skipped and listed when asked.
 """
+import argparse
+import glob
 import json
 import os
+import random
 import re
+import sys
 import unicodedata
 
 import tiktoken
@@ -210,3 +221,184 @@ class Tokenizer:
 
     def encode_chat(self, content: str, template: str | None = None) -> list[int]:
         return self.encode(self.render_chat(content, template))
+
+
+# ----------------------------------------------------------------------------- datasets
+
+class DataError(ValueError):
+    """A row that cannot be used, with its location (file:line or file row N) in the message."""
+
+
+def _read_rows(path: str):
+    """Yield (location, row) for every row of a JSON list, JSONL or parquet file."""
+    if path.endswith(".parquet"):
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise ImportError(f"{path}: reading parquet needs pyarrow: pip install pyarrow") from None
+        for i, row in enumerate(pq.read_table(path).to_pylist()):
+            yield f"{path} row {i}", row
+        return
+    with open(path, encoding="utf-8") as f:
+        head = f.read(1 << 16).lstrip()
+        f.seek(0)
+        if head.startswith("["):  # a JSON list
+            try:
+                rows = json.load(f)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+            for i, row in enumerate(rows):
+                yield f"{path} row {i}", row
+            return
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield f"{path}:{lineno}", json.loads(line)
+            except json.JSONDecodeError as e:
+                yield f"{path}:{lineno}", DataError(f"{path}:{lineno}: not valid JSON ({e.msg})")
+
+
+def _text(value) -> str | None:
+    """A field as text: numbers kept as written (AMC's 27.0 stays "27.0"), lists of parts joined."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, list):
+        parts = [_text(v) for v in value]
+        return None if any(p is None for p in parts) else "\n\n".join(parts)
+    return value.strip() if isinstance(value, str) else None
+
+
+def to_record(row, where: str) -> dict:
+    """Map a source row (DeepScaleR, MATH, AIME, GSM8K, Minerva, OlympiadBench) to a record."""
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: expected an object with problem and answer, got {type(row).__name__}")
+    rec = dict(row)
+    problem = rec.pop("question", None) if "problem" not in rec else rec["problem"]
+    rec["problem"] = _text(problem)
+    if not rec["problem"]:
+        raise DataError(f"{where}: field 'problem' (or 'question') is missing or empty: {problem!r}")
+    answer, solution = rec.get("answer"), _text(rec.get("solution")) or ""
+    # GSM8K puts the worked solution and "#### N" in one field; keep both parts apart.
+    for text in (answer, solution):
+        if isinstance(text, str) and "\n#### " in "\n" + text:
+            worked, _, final = text.rpartition("#### ")
+            answer, solution = final.strip(), worked.strip()
+            break
+    if isinstance(answer, list) and len(answer) > 1:
+        rec["answers"] = [_text(a) for a in answer]  # equivalent forms (Minerva): any is right
+        answer = answer[0]
+    elif isinstance(answer, list) and answer:
+        answer = answer[0]
+    rec["answer"], rec["solution"] = _text(answer), solution
+    if not rec["answer"]:
+        raise DataError(f"{where}: field 'answer' is missing or empty: {row.get('answer')!r}")
+    return rec
+
+
+def load_records(path: str, skip_bad: bool = False) -> list[dict]:
+    """Records from a file or a folder of shards (*.json, *.jsonl, *.parquet, in name order).
+
+    A bad row raises DataError naming file, line (or row) and field. With skip_bad=True bad
+    rows are dropped instead and every one is listed on stderr.
+    """
+    if os.path.isdir(path):
+        files = sorted(f for ext in ("json", "jsonl", "parquet") for f in glob.glob(os.path.join(path, f"*.{ext}")))
+        if not files:
+            raise FileNotFoundError(f"{path}: folder holds no .json, .jsonl or .parquet files")
+    elif os.path.isfile(path):
+        files = [path]
+    else:
+        raise FileNotFoundError(f"{path}: no such file or folder")
+    records, bad = [], []
+    for fn in files:
+        for where, row in _read_rows(fn):
+            try:
+                if isinstance(row, DataError):
+                    raise row
+                records.append(to_record(row, where))
+            except DataError as e:
+                if not skip_bad:
+                    raise
+                bad.append(str(e))
+    if bad:
+        print(f"skipped {len(bad)} bad rows of {len(records) + len(bad)}:", *bad[:50], file=sys.stderr, sep="\n  ")
+    return records
+
+
+def problem_key(problem: str) -> str:
+    """Normalised problem text for deduplication: NFKC, case-folded, whitespace and $ removed."""
+    return re.sub(r"[\s$]+", "", unicodedata.normalize("NFKC", problem).casefold())
+
+
+def dedupe(records: list[dict]) -> list[dict]:
+    """First occurrence of each normalised problem, in order."""
+    seen, out = set(), []
+    for r in records:
+        k = problem_key(r["problem"])
+        if k not in seen:
+            seen.add(k)
+            out.append(r)
+    return out
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """A permutation of range(n) that depends only on (seed, epoch): resumable and the same on every rank."""
+    order = list(range(n))
+    random.Random(f"{seed}:{epoch}").shuffle(order)
+    return order
+
+
+def shard(items: list, rank: int, world_size: int) -> list:
+    """This rank's share: every world_size-th item starting at rank."""
+    return items[rank::world_size]
+
+
+def prompt_ids(tok: "Tokenizer", problem: str, template: str | None = None) -> list[int]:
+    """Token ids of the DeepScaleR user turn in the chat template, ready for generation."""
+    return tok.encode_chat(deepscaler_prompt(problem), template)
+
+
+# ----------------------------------------------------------------------------- stats CLI
+
+def _percentiles(xs: list[int], ps=(10, 25, 50, 75, 90, 99)) -> str:
+    xs = sorted(xs)
+    return ", ".join(f"p{p} {xs[min(len(xs) - 1, len(xs) * p // 100)]:,}" for p in ps) if xs else "-"
+
+
+def stats(path: str, model: str, skip_bad: bool = False) -> None:
+    recs, tok = load_records(path, skip_bad), Tokenizer.from_pretrained(model)
+    lengths = [len(tok.encode(r["solution"])) for r in recs if r["solution"]]
+    empty = len(recs) - len(lengths)
+    print(f"{path}: {len(recs):,} rows, {len(recs) - len(dedupe(recs)):,} duplicate problems")
+    print(f"empty solutions: {empty:,} ({100 * empty / max(1, len(recs)):.1f}%)")
+    mean = sum(lengths) / max(1, len(lengths))
+    print(f"solution tokens ({len(lengths):,} non-empty): mean {mean:,.0f}, {_percentiles(lengths)}")
+    polished = [r["polish"] for r in recs if isinstance(r.get("polish"), dict)]
+    if polished:  # polish.py's output: coverage and how often the sampler solved each problem
+        done = sum(1 for p in polished if p.get("polished"))
+        print(f"polished: {done:,} of {len(recs):,} ({100 * done / len(recs):.1f}%)")
+        hist = [0] * 11
+        for p in polished:
+            hist[round(10 * p.get("pass_rate", 0.0))] += 1
+        print("pass rate:", "  ".join(f"{i / 10:.1f}:{n}" for i, n in enumerate(hist)))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="Dataset tools.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    st = sub.add_parser("stats", help="rows, empty solutions, solution token lengths (and polish coverage)")
+    st.add_argument("file", help="JSON list, JSONL, parquet file or a folder of shards")
+    st.add_argument("--model", required=True, help="checkpoint folder whose tokenizer.json counts tokens")
+    st.add_argument("--skip-bad", action="store_true", help="drop rows without a problem or answer (listed on stderr)")
+    args = ap.parse_args(argv)
+    try:
+        stats(args.file, args.model, args.skip_bad)
+    except (DataError, FileNotFoundError, ImportError) as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()

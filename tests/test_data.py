@@ -1,0 +1,98 @@
+"""Dataset loading: formats, field mapping, validation errors, dedup, shuffling, sharding."""
+import json
+from pathlib import Path
+
+import pytest
+
+from data import DataError, dedupe, epoch_order, load_records, main, shard
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+def write(path: Path, text: str) -> str:
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def test_json_list_jsonl_and_folder(tmp_path):
+    rows = [{"problem": "1+1?", "answer": "2", "solution": "", "difficulty": 1.0},
+            {"question": "2+2?", "answer": 4}]
+    a = load_records(write(tmp_path / "a.json", json.dumps(rows)))
+    assert [r["problem"] for r in a] == ["1+1?", "2+2?"] and a[1]["answer"] == "4"
+    assert a[0]["difficulty"] == 1.0 and "question" not in a[1]
+    b = load_records(write(tmp_path / "b.jsonl", "\n".join(json.dumps(r) for r in rows) + "\n\n"))
+    assert a == b
+    assert len(load_records(str(tmp_path))) == 4  # the folder: a.json then b.jsonl
+
+
+def test_field_mapping_gsm8k_amc_lists(tmp_path):
+    def load_records_from(rows):
+        return load_records(write(tmp_path / "x.json", json.dumps(rows)))
+
+    gsm = {"question": "Eggs?", "answer": "16 - 3 = <<16-3=13>>13 eggs\n#### 1,300"}
+    rec = load_records_from([gsm])[0]
+    assert (rec["answer"], rec["solution"]) == ("1,300", "16 - 3 = <<16-3=13>>13 eggs")
+    assert load_records_from([{"problem": "p", "answer": None, "solution": "work\n#### 18"}])[0]["answer"] == "18"
+    assert load_records_from([{"problem": "p", "answer": 27.0}])[0]["answer"] == "27.0"  # kept as written
+    rec = load_records_from([{"problem": "p", "answer": ["0.01\n", "0.02\n"], "solution": ["a", "b"]}])[0]
+    assert rec["answer"] == "0.01" and rec["answers"] == ["0.01", "0.02"] and rec["solution"] == "a\n\nb"
+
+
+@pytest.mark.parametrize("text,message", [
+    ('{"problem": "ok", "answer": "1"}\n{"problem": "", "answer": "2"}\n', r"x.jsonl:2: field 'problem'"),
+    ('{"problem": "ok", "answer": "1"}\n\n{"problem": "q"}\n', r"x.jsonl:3: field 'answer' is missing"),
+    ('{"problem": "ok", "answer": "1"}\n{"problem": \n', r"x.jsonl:2: not valid JSON"),
+    ('["just a string"]', r"x.jsonl row 0: expected an object"),
+])
+def test_bad_rows_name_file_line_and_field(tmp_path, text, message):
+    path = write(tmp_path / "x.jsonl", text)
+    with pytest.raises(DataError, match=message):
+        load_records(path)
+
+
+def test_skip_bad_rows_lists_them(tmp_path, capsys):
+    path = write(tmp_path / "x.jsonl", '{"problem": "a", "answer": "1"}\n{"problem": "b"}\n{"problem": "c", "answer": "3"}\n')
+    assert [r["problem"] for r in load_records(path, skip_bad=True)] == ["a", "c"]
+    err = capsys.readouterr().err
+    assert "skipped 1 bad rows of 3" in err and "x.jsonl:2: field 'answer'" in err
+
+
+def test_missing_inputs_and_parquet_without_pyarrow(tmp_path, monkeypatch):
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        load_records(str(tmp_path / "nope.json"))
+    with pytest.raises(FileNotFoundError, match="holds no .json"):
+        load_records(str(tmp_path))
+    import builtins
+    real_import = builtins.__import__
+    monkeypatch.setattr(builtins, "__import__", lambda name, *a, **k: (_ for _ in ()).throw(ImportError())
+                        if name.startswith("pyarrow") else real_import(name, *a, **k))
+    with pytest.raises(ImportError, match="pip install pyarrow"):
+        load_records(write(tmp_path / "t.parquet", ""))
+
+
+def test_parquet_when_pyarrow_is_installed(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+    pq.write_table(pa.table({"problem": ["p1", "p2"], "answer": ["1", "2"], "solution": ["", "s"]}),
+                   tmp_path / "train-00000.parquet")
+    assert [r["answer"] for r in load_records(str(tmp_path))] == ["1", "2"]
+
+
+def test_dedupe_shuffle_shard():
+    recs = [{"problem": p} for p in ["Find $x$.", "find  x.", "Find y.", "FIND $X$ ."]]
+    assert [r["problem"] for r in dedupe(recs)] == ["Find $x$.", "Find y."]
+    a, b = epoch_order(100, seed=1, epoch=0), epoch_order(100, seed=1, epoch=1)
+    assert sorted(a) == list(range(100)) and a != b and a == epoch_order(100, seed=1, epoch=0)
+    parts = [shard(list(range(10)), r, 3) for r in range(3)]
+    assert sorted(sum(parts, [])) == list(range(10)) and parts[0] == [0, 3, 6, 9]
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="../shared is not present")
+def test_every_shared_dataset_loads_and_stats_cli(capsys):
+    for f in sorted((SHARED / "data").glob("*/*.json*")):
+        recs = load_records(str(f), skip_bad=True)
+        assert recs and all(r["problem"] and r["answer"] for r in recs), f
+    main(["stats", str(SHARED / "data/train/deepscaler_subset803_metareason.json"),
+          "--model", str(SHARED / "tokenizers/deepseek-r1-distill-qwen")])
+    out = capsys.readouterr().out
+    assert "803 rows" in out and "empty solutions: 0 (0.0%)" in out and "mean 524" in out
