@@ -1,0 +1,112 @@
+"""GRPO's arithmetic as pure functions: advantages, the clipped objective, KL, loss aggregation.
+
+No I/O, no model, no distributed code: train.py feeds these tensors and backpropagates the
+result. Every numeric convention (which std, where epsilon goes, what a mean is over) is
+stated here and pinned by hand-computed numbers in tests/test_grpo.py.
+
+Per-token quantities are flat tensors over the tokens a micro-batch holds, (N,), with
+`seq_index` (N,) saying which sequence of the whole rollout batch each token belongs to.
+Aggregation divides by whole-batch counts, so the micro-batches' losses add up to the loss
+of the full batch however the batch is split. DeepScaleR's defaults: advantages
+(r - mean) / (std + 1e-6) per group, clip 0.2 both sides, k3 KL with coefficient 0.001,
+entropy bonus 0.001, token-mean aggregation.
+
+Left out: value functions (GRPO has none), reward shaping, importance-sampling corrections
+for an off-policy sampler (ours samples from the live weights).
+"""
+import torch
+
+AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-6,
+                     scale: bool = True) -> torch.Tensor:
+    """One advantage per response, from rewards (G * group_size,) laid out group by group.
+
+        A_i = (r_i - mean_g) / (std_g + eps)    scale=True  (GRPO; std with Bessel's n-1, as verl)
+        A_i =  r_i - mean_g                     scale=False (Dr. GRPO: no std, no difficulty bias)
+
+    A group whose rewards are all equal gets A = 0 for every member: it carries no signal.
+    A group of one response has no spread to compare against and also gets 0.
+    """
+    if rewards.numel() % group_size:
+        raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
+    r = rewards.float().view(-1, group_size)                             # (G, n)
+    centred = r - r.mean(dim=1, keepdim=True)
+    if scale and group_size > 1:
+        centred = centred / (r.std(dim=1, unbiased=True, keepdim=True) + eps)
+    return (centred if group_size > 1 else torch.zeros_like(r)).view(-1)
+
+
+def clipped_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
+                        clip_low: float = 0.2, clip_high: float = 0.2):
+    """PPO's clipped surrogate per token, as a loss to minimise, and where clipping was active.
+
+        ratio = exp(logp - old_logp)
+        loss  = -min(ratio * A, clip(ratio, 1 - clip_low, 1 + clip_high) * A)
+
+    clip_high > clip_low is DAPO's clip-higher: unlikely tokens may gain more before clipping.
+    logp, old_logp, advantages (N,) (advantages broadcast per token). Returns loss (N,) and a
+    bool (N,) that is True where the clipped branch was the smaller (no gradient flows).
+    """
+    ratio = torch.exp(logp - old_logp)
+    unclipped = ratio * advantages
+    clipped = torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high) * advantages
+    return -torch.minimum(unclipped, clipped), clipped < unclipped
+
+
+def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Schulman's k3 estimator of KL(policy || reference) per token, for tokens drawn from the policy.
+
+        d  = ref_logp - logp            (clamped to [-20, 20] so exp cannot overflow)
+        k3 = exp(d) - d - 1             (>= 0, unbiased, low variance; clamped to <= 10)
+
+    The clamps are those of verl's "low_var_kl", the variant DeepScaleR trained with.
+    """
+    d = torch.clamp(ref_logp - logp, -20.0, 20.0)
+    return torch.clamp(torch.exp(d) - d - 1.0, max=10.0)
+
+
+def aggregate(values: torch.Tensor, seq_index: torch.Tensor, seq_lens: torch.Tensor,
+              mode: str = "token-mean", max_tokens: int | None = None) -> torch.Tensor:
+    """Reduce per-token values (N,) to this micro-batch's share of the whole-batch loss.
+
+    seq_index (N,) long: the sequence (0..S-1 of the whole batch) each token belongs to;
+    seq_lens (S,): the number of response tokens of every sequence in the whole batch.
+
+        token-mean               sum(v) / sum(seq_lens)                   (DAPO, DeepScaleR)
+        seq-mean-token-mean      sum(v / seq_lens[seq_index]) / S         (original GRPO)
+        seq-mean-token-sum-norm  sum(v) / (S * max_tokens)                (Dr. GRPO: a constant)
+
+    Summed over micro-batches covering the batch once, each mode gives its full-batch value.
+    """
+    S = seq_lens.numel()
+    if mode == "token-mean":
+        return values.sum() / seq_lens.sum().clamp(min=1)
+    if mode == "seq-mean-token-mean":
+        return (values / seq_lens[seq_index].clamp(min=1)).sum() / S
+    if mode == "seq-mean-token-sum-norm":
+        if not max_tokens:
+            raise ValueError("seq-mean-token-sum-norm needs max_tokens (the response budget)")
+        return values.sum() / (S * max_tokens)
+    raise ValueError(f"unknown loss aggregation {mode!r}; choose one of {AGGREGATIONS}")
+
+
+def grpo_token_loss(logp, old_logp, ref_logp, entropy, advantages, clip_low=0.2, clip_high=0.2,
+                    kl_coef=0.001, entropy_coef=0.001):
+    """The full per-token loss and its parts.
+
+        loss = clipped_policy_loss + kl_coef * k3(logp, ref_logp) - entropy_coef * entropy
+
+    ref_logp may be None when kl_coef == 0 (no reference model is needed then); entropy may
+    be None when entropy_coef == 0. Returns (loss (N,), parts) where parts holds the detached
+    per-token pieces for logging: pg, kl, entropy, clipped.
+    """
+    pg, clipped = clipped_policy_loss(logp, old_logp, advantages, clip_low, clip_high)
+    loss, parts = pg, {"pg": pg.detach(), "clipped": clipped}
+    if kl_coef:
+        kl = kl_k3(logp, ref_logp)
+        loss, parts["kl"] = loss + kl_coef * kl, kl.detach()
+    if entropy_coef:
+        loss, parts["entropy"] = loss - entropy_coef * entropy, entropy.detach()
+    return loss, parts
