@@ -208,7 +208,19 @@ class Tokenizer:
 
     def decode(self, ids) -> str:
         # Invalid UTF-8 (a sequence cut inside a character) shows as U+FFFD, as HF does.
-        return self.enc.decode_bytes(list(ids)).decode("utf-8", errors="replace")
+        ids = list(ids)
+        try:
+            data = self.enc.decode_bytes(ids)
+        except KeyError:  # ids with no token (embedding rows past the vocab, which a model can sample)
+            data = self.enc.decode_bytes([i for i in ids if self._known(i)])
+        return data.decode("utf-8", errors="replace")
+
+    def _known(self, i: int) -> bool:
+        try:
+            self.enc.decode_single_token_bytes(i)
+            return True
+        except KeyError:
+            return False
 
     def render_chat(self, content: str, template: str | None = None) -> str:
         """One user turn plus the assistant's generation prompt, in the named or detected template."""

@@ -68,21 +68,23 @@ def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
 
 
 def aggregate(values: torch.Tensor, seq_index: torch.Tensor, seq_lens: torch.Tensor,
-              mode: str = "token-mean", max_tokens: int | None = None) -> torch.Tensor:
+              mode: str = "token-mean", max_tokens: int | None = None,
+              batch_tokens: int | None = None, batch_seqs: int | None = None) -> torch.Tensor:
     """Reduce per-token values (N,) to this micro-batch's share of the whole-batch loss.
 
-    seq_index (N,) long: the sequence (0..S-1 of the whole batch) each token belongs to;
-    seq_lens (S,): the number of response tokens of every sequence in the whole batch.
+    seq_index (N,) long: the sequence each token belongs to, an index into seq_lens;
+    seq_lens (S,): the number of response tokens of those sequences. The whole batch's token
+    and sequence counts default to sum(seq_lens) and S; under DDP pass the all-ranks totals.
 
-        token-mean               sum(v) / sum(seq_lens)                   (DAPO, DeepScaleR)
-        seq-mean-token-mean      sum(v / seq_lens[seq_index]) / S         (original GRPO)
-        seq-mean-token-sum-norm  sum(v) / (S * max_tokens)                (Dr. GRPO: a constant)
+        token-mean               sum(v) / batch_tokens                    (DAPO, DeepScaleR)
+        seq-mean-token-mean      sum(v / seq_lens[seq_index]) / batch_seqs  (original GRPO)
+        seq-mean-token-sum-norm  sum(v) / (batch_seqs * max_tokens)       (Dr. GRPO: a constant)
 
     Summed over micro-batches covering the batch once, each mode gives its full-batch value.
     """
-    S = seq_lens.numel()
+    S = seq_lens.numel() if batch_seqs is None else batch_seqs
     if mode == "token-mean":
-        return values.sum() / seq_lens.sum().clamp(min=1)
+        return values.sum() / max(1, int(seq_lens.sum()) if batch_tokens is None else batch_tokens)
     if mode == "seq-mean-token-mean":
         return (values / seq_lens[seq_index].clamp(min=1)).sum() / S
     if mode == "seq-mean-token-sum-norm":

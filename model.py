@@ -140,6 +140,39 @@ def apply_rope(x, cos, sin):
     return x * cos[:, None] + rotated * sin[:, None]
 
 
+class Packing:
+    """How the sequences of a packed row (1, T) are laid out, worked out once per forward.
+
+    Attention must stay inside each sequence (a block-diagonal causal mask). When lengths are
+    similar, the row is scattered into a right-padded (S, L) grid and attended in one causal
+    call (padding sits after each sequence, so no real query sees it); when they are ragged
+    enough that the grid would be over twice the row, one causal call per sequence is cheaper.
+    """
+
+    def __init__(self, seq_lens, device):
+        self.seq_lens, self.S, self.L = list(seq_lens), len(seq_lens), max(seq_lens)
+        self.grid = self.S * self.L <= 2 * sum(self.seq_lens)
+        if self.grid:  # index of each row token in the flattened (S * L) grid
+            self.index = torch.cat([torch.arange(n, device=device) + i * self.L
+                                    for i, n in enumerate(self.seq_lens)])
+
+
+def packed_attention(q, k, v, pack: Packing, gqa: bool):
+    """q (1, H, T, D), k/v (1, Hkv, T, D) of a packed row -> (1, H, T, D)."""
+    if not pack.grid:
+        return torch.cat([F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, enable_gqa=gqa)
+                          for qs, ks, vs in zip(q.split(pack.seq_lens, 2), k.split(pack.seq_lens, 2),
+                                                v.split(pack.seq_lens, 2))], dim=2)
+
+    def to_grid(x):                                                    # (1, h, T, D) -> (S, h, L, D)
+        g = x.new_zeros(x.shape[1], pack.S * pack.L, x.shape[3])
+        g[:, pack.index] = x[0]
+        return g.view(x.shape[1], pack.S, pack.L, x.shape[3]).transpose(0, 1)
+
+    y = F.scaled_dot_product_attention(to_grid(q), to_grid(k), to_grid(v), is_causal=True, enable_gqa=gqa)
+    return y.transpose(0, 1).reshape(q.shape[1], pack.S * pack.L, q.shape[3])[:, pack.index][None]
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig, layer_idx: int):
         super().__init__()
@@ -151,7 +184,7 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=qkv_bias)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, cfg.hidden_size, bias=o_bias)
 
-    def forward(self, x, cos, sin, cache=None, seq_lens=None):
+    def forward(self, x, cos, sin, cache=None, pack=None):
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
         k = self.k_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)     # (B, Hkv, T, D)
@@ -164,12 +197,8 @@ class Attention(nn.Module):
             # with a boolean mask (B, 1, T, S) (True = attend) that encodes causality and lengths.
             k, v, mask = cache.update(self.layer_idx, k, v)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
-        elif seq_lens is not None:
-            # Packed row: attend causally within each sequence only (a block-diagonal mask,
-            # computed as one causal call per sequence so fused kernels stay usable).
-            y = torch.cat([F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, enable_gqa=gqa)
-                           for qs, ks, vs in zip(q.split(seq_lens, 2), k.split(seq_lens, 2),
-                                                 v.split(seq_lens, 2))], dim=2)
+        elif pack is not None:
+            y = packed_attention(q, k, v, pack, gqa)
         else:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
@@ -195,8 +224,8 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, cache=None, seq_lens=None):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, seq_lens)
+    def forward(self, x, cos, sin, cache=None, pack=None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, pack)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -213,7 +242,8 @@ class Transformer(nn.Module):
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
         self.gradient_checkpointing = False  # recompute each layer in backward (training only)
-        self.apply(self._init_weights)       # a no-op on the meta device
+        if not self.embed_tokens.weight.is_meta:  # from_pretrained builds on meta: nothing to fill
+            self.apply(self._init_weights)
 
     @staticmethod
     def _init_weights(m):
@@ -235,13 +265,14 @@ class Transformer(nn.Module):
             positions = torch.arange(T, device=input_ids.device).expand(B, T)
         if seq_lens is not None and (B != 1 or sum(seq_lens) != T):
             raise ValueError(f"seq_lens {list(seq_lens)} must sum to T={T} in a single row (B={B})")
+        pack = Packing(seq_lens, input_ids.device) if seq_lens is not None else None
         x = self.embed_tokens(input_ids)                                   # (B, T, C)
         cos, sin = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta, x.dtype)
         for layer in self.layers:
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                x = checkpoint(layer, x, cos, sin, cache, seq_lens, use_reentrant=False)
+                x = checkpoint(layer, x, cos, sin, cache, pack, use_reentrant=False)
             else:
-                x = layer(x, cos, sin, cache, seq_lens)
+                x = layer(x, cos, sin, cache, pack)
         x = self.norm(x)
         return x if return_hidden else self.lm_head(x)
 

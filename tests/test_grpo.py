@@ -63,6 +63,9 @@ def test_aggregations_and_micro_batch_additivity():
         whole = aggregate(v, idx, lens, mode, max_tokens=10)
         parts = aggregate(v[:3], idx[:3], lens, mode, 10) + aggregate(v[3:], idx[3:], lens, mode, 10)
         torch.testing.assert_close(parts, whole)
+    # Under DDP each rank passes its own sequences and the all-ranks totals.
+    assert aggregate(v[:2], idx[:2], lens[:1], "token-mean", batch_tokens=5).item() == pytest.approx(0.6)  # 3 / 5
+    assert aggregate(v[:2], idx[:2], lens[:1], "seq-mean-token-mean", batch_seqs=2).item() == 0.75  # (3/2) / 2
     with pytest.raises(ValueError, match="unknown loss aggregation 'mean'"):
         aggregate(v, idx, lens, "mean")
     with pytest.raises(ValueError, match="needs max_tokens"):

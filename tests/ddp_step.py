@@ -1,0 +1,43 @@
+"""One GRPO mini-batch update on fixed sequences, under torchrun or alone (used by test_train.py).
+
+    python tests/ddp_step.py OUT.pt                               # one process, all sequences
+    torchrun --nproc_per_node=2 tests/ddp_step.py OUT.pt          # each rank half of them
+
+Rank 0 writes the parameters after the optimizer step to OUT.pt. Rank 0 gets more tokens than
+rank 1, so the ranks pack different numbers of micro-batches and the padding path runs too.
+"""
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import train  # noqa: E402
+from model import ModelConfig, Transformer  # noqa: E402
+
+rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+if world > 1:
+    dist.init_process_group("gloo")
+torch.manual_seed(0)
+model = Transformer(ModelConfig(model_type="qwen2", vocab_size=64, hidden_size=32, intermediate_size=64,
+                                num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2))
+g = torch.Generator().manual_seed(1)
+seqs = []
+for i in range(8):  # sequences 0-3 are long (rank 0's share when world == 2), 4-7 short
+    n = 12 if i < 4 else 3
+    seqs.append(dict(prompt=torch.randint(0, 64, (5,), generator=g).tolist(),
+                     tokens=torch.randint(0, 64, (n,), generator=g).tolist(),
+                     adv=float(torch.randn(1, generator=g)), group=i // 2))
+    seqs[-1]["old_logp"] = (torch.randn(n, generator=g) * 0.1 - 4).tolist()
+    seqs[-1]["ref_logp"] = (torch.randn(n, generator=g) * 0.1 - 4).tolist()
+cfg = train.Config(micro_tokens=20, kl_coef=0.01, entropy_coef=0.01, temperature=0.7)
+mine = seqs if world == 1 else (seqs[:4] if rank == 0 else seqs[4:])
+ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+train.train_minibatch(ddp, model, mine, cfg, torch.device("cpu"), world, amp=False)
+train.optimizer_step(model, opt, cfg.grad_clip)
+if rank == 0:
+    torch.save({k: v.clone() for k, v in model.state_dict().items()}, sys.argv[1])
+if world > 1:
+    dist.destroy_process_group()

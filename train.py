@@ -1,0 +1,576 @@
+"""GRPO on math problems, DeepScaleR's recipe by default, under torchrun DDP or in one process.
+
+    python train.py                                           # the embedded toy, CPU, minutes
+    torchrun --nproc_per_node=8 train.py --model DIR --data polished.jsonl --ctx 8192
+    torchrun --nproc_per_node=8 train.py --model DIR --data polished.jsonl --ctx 16384 \\
+        --samples 16 --resume runs/grpo/checkpoints/step_000500     # the next context stage
+    python train.py plot runs/grpo                            # curves to runs/grpo/curves.png
+
+One step: every rank takes its share of the global prompt batch (whole groups, so advantages
+need no communication), samples `--samples` completions per prompt from the live weights with
+sample.generate, grades them with verify.grade_batch, and turns rewards into group-relative
+advantages. The batch is then split into `--updates-per-step` mini-batches, each one
+optimizer step: micro-batches packed by token budget (padding-free: sequences side by side in
+one row, each attending only to itself), log-probs through model.token_logprobs, the loss of
+grpo.py, backward under DDP with no_sync until the last micro-batch.
+
+Without --model, `python train.py` builds the toy of toy.py (a 1M-parameter Qwen2, an R1-style
+tokenizer, two-digit addition), warms it up with a few supervised steps and runs GRPO, printing
+held-out accuracy before and after. Left out: FSDP/tensor parallelism (the 1.5B policy with
+AdamW fits one 80 GB GPU under DDP), a value model, multi-turn or tool rollouts.
+"""
+import argparse
+import copy
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+import grpo
+from data import DataError, Tokenizer, dedupe, epoch_order, load_records, prompt_ids, shard
+from model import Transformer
+from sample import generate
+
+
+@dataclass
+class Config:
+    # --- inputs and outputs
+    model: str = ""                  # HF folder of the policy; empty: build and train the toy
+    data: str = ""                   # training records (polish.py output or any problem file)
+    eval_data: str = ""              # held-out records for periodic evaluation; empty: none
+    out: str = "runs/grpo"           # run folder: config.json, metrics.jsonl, checkpoints/
+    resume: str = ""                 # a checkpoint folder, or "auto" for the newest in out/
+    # --- rollouts (DeepScaleR's 8K stage)
+    ctx: int = 8192                  # response budget in tokens (max new tokens per sample)
+    prompt_budget: int = 1024        # longer prompts are dropped at load time (and counted)
+    prompts_per_step: int = 128      # prompts per step over all ranks
+    samples: int = 8                 # completions per prompt (the GRPO group)
+    temperature: float = 0.6
+    top_p: float = 1.0
+    think: str = "auto"              # require </think> for reward 1: yes | no | auto (R1 template)
+    dynamic_sampling: bool = False   # drop groups whose rewards are all equal and sample more
+    max_refill_rounds: int = 4       # at most this many extra sampling rounds per step
+    pass_rate_min: float = 0.0       # keep problems with pass_rate_min < polish pass rate ...
+    pass_rate_max: float = 1.0       # ... < pass_rate_max (always/never solved carry no signal)
+    kv_budget_gb: float = 0.0        # KV cache memory for sampling; 0: the sampler's default
+    # --- optimisation
+    lr: float = 1e-6                 # AdamW, constant
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    updates_per_step: int = 2        # optimizer steps per rollout batch (mini-batches)
+    clip_low: float = 0.2            # PPO clip below 1
+    clip_high: float = 0.2           # PPO clip above 1 (DAPO's clip-higher: 0.28)
+    kl_coef: float = 0.001           # k3 KL to the initial policy; 0 also skips the reference model
+    entropy_coef: float = 0.001      # entropy bonus
+    loss_agg: str = "token-mean"     # token-mean | seq-mean-token-mean | seq-mean-token-sum-norm
+    scale_adv: bool = True           # divide advantages by the group std (off: Dr. GRPO)
+    old_logp: str = "recompute"      # recompute: a no-grad forward before updating; sampler: reuse
+    micro_tokens: int = 16384        # tokens per packed micro-batch
+    grad_ckpt: bool = True           # activation checkpointing per layer
+    amp: bool = True                 # bf16 autocast for training and a bf16 sampling copy (CUDA)
+    sft_steps: int = 0               # supervised warm-up steps on the records' solutions first
+    sft_lr: float = 1e-5
+    sft_batch: int = 64              # sequences per warm-up step
+    steps: int = 1000                # GRPO steps
+    seed: int = 0
+    # --- logging, evaluation, checkpoints
+    save_every: int = 50
+    keep: int = 3                    # checkpoints kept (the newest)
+    eval_every: int = 50             # 0: no evaluation
+    eval_samples: int = 4            # samples per held-out problem
+    eval_temperature: float = 0.6    # 0: greedy
+    eval_top_p: float = 0.95
+    show_every: int = 10             # print a few decoded rollouts every this many steps
+    max_bad_steps: int = 3           # consecutive non-finite steps before the run stops
+    wandb: str = ""                  # a wandb project to log to (needs `pip install wandb`)
+
+
+# The embedded default: what `python train.py` runs when no --model is given.
+TOY = dict(prompts_per_step=32, samples=8, ctx=32, prompt_budget=64, temperature=1.0, lr=3e-4,
+           weight_decay=0.0, updates_per_step=1, kl_coef=0.0, entropy_coef=0.0, old_logp="sampler",
+           micro_tokens=8192, grad_ckpt=False, sft_steps=200, sft_lr=3e-3, sft_batch=64, steps=40,
+           save_every=20, eval_every=20, eval_samples=1, eval_temperature=0.0, show_every=20,
+           out="runs/toy")
+
+
+def parse_config(argv) -> tuple[Config, set]:
+    """Flags generated from Config; returns the config and the names given on the command line."""
+    ap = argparse.ArgumentParser(description="GRPO training (DeepScaleR recipe by default). "
+                                 "`python train.py plot RUN_DIR` draws a run's curves.")
+    for f in fields(Config):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type is bool:
+            ap.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                            help=f"(default {f.default})")
+        else:
+            ap.add_argument(flag, type=f.type, default=argparse.SUPPRESS, help=f"(default {f.default!r})")
+    given = vars(ap.parse_args(argv))
+    values = {} if given.get("model") else dict(TOY)  # the toy's defaults, under explicit flags
+    values.update(given)
+    cfg = Config(**values)
+    if cfg.think not in ("yes", "no", "auto"):
+        ap.error(f"--think must be yes, no or auto, not {cfg.think!r}")
+    if cfg.old_logp not in ("recompute", "sampler"):
+        ap.error(f"--old-logp must be recompute or sampler, not {cfg.old_logp!r}")
+    if cfg.loss_agg not in grpo.AGGREGATIONS:
+        ap.error(f"--loss-agg must be one of {grpo.AGGREGATIONS}, not {cfg.loss_agg!r}")
+    if cfg.model and not cfg.data:
+        ap.error("--model needs --data (a records file; see data.py)")
+    return cfg, set(given)
+
+
+def print0(*args, **kw):
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(*args, **kw, flush=True)
+
+
+# ----------------------------------------------------------------------------- rollouts
+
+def rollout(sampler, tok, recs, cfg, seed, require_think):
+    """Sample a group per record, grade it, and compute advantages. Returns one dict per sample."""
+    from verify import grade_batch
+    prompts = [r["prompt_ids"] for r in recs]
+    outs = generate(sampler, prompts, n=cfg.samples, max_new_tokens=cfg.ctx, temperature=cfg.temperature,
+                    top_p=cfg.top_p, seed=seed, kv_budget=int(cfg.kv_budget_gb * 2**30) or None)
+    eos = set(sampler.config.eos_token_id) | set(tok.eos_ids)
+    texts = [tok.decode([t for t in o.tokens if t not in eos]) for o in outs]
+    answers = [r.get("answers") or r["answer"] for r in recs for _ in range(cfg.samples)]
+    t0 = time.time()
+    correct = grade_batch(list(zip(texts, answers)))
+    grade_s = time.time() - t0
+    rewards = torch.tensor([float(c and (not require_think or "</think>" in t)) for c, t in zip(correct, texts)])
+    adv = grpo.group_advantages(rewards, cfg.samples, scale=cfg.scale_adv)
+    seqs = [dict(prompt=prompts[i // cfg.samples], tokens=o.tokens, logprobs=o.logprobs, reward=float(rewards[i]),
+                 correct=bool(correct[i]), adv=float(adv[i]), truncated=o.finish_reason == "length", text=texts[i],
+                 group=i // cfg.samples) for i, o in enumerate(outs)]
+    return seqs, grade_s
+
+
+# ----------------------------------------------------------------------------- training
+
+def pack(seqs, micro_tokens):
+    """Greedy packing into micro-batches of at most micro_tokens (a longer sequence goes alone).
+
+    Sequences are taken shortest first, so each micro-batch holds similar lengths (the model
+    then attends to them as one padded grid; see model.Packing)."""
+    batches, cur, n = [], [], 0
+    for s in sorted(seqs, key=lambda s: len(s["prompt"]) + len(s["tokens"])):
+        L = len(s["prompt"]) + len(s["tokens"])
+        if cur and n + L > micro_tokens:
+            batches.append(cur)
+            cur, n = [], 0
+        cur.append(s)
+        n += L
+    return batches + ([cur] if cur else [])
+
+
+def forward_logprobs(ddp_model, model, mb, temperature, device, amp, with_entropy=True):
+    """Per-token log-probs (and entropy) of every completion token of a packed micro-batch.
+
+    Sequences prompt+completion sit side by side in one row; the hidden state at position t
+    predicts token t+1, so completion token j of a sequence with prompt length P is scored
+    at P - 1 + j. Returns flat (N,) tensors over the micro-batch's completion tokens.
+    """
+    ids, pos, lens, pick, tgt = [], [], [], [], []
+    start = 0
+    for s in mb:
+        full = s["prompt"] + s["tokens"]
+        ids += full
+        pos += range(len(full))
+        lens.append(len(full))
+        P = len(s["prompt"])
+        pick += range(start + P - 1, start + P - 1 + len(s["tokens"]))
+        tgt += s["tokens"]
+        start += len(full)
+    ids = torch.tensor([ids], device=device)
+    pos = torch.tensor([pos], device=device)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        h = ddp_model(ids, positions=pos, seq_lens=lens, return_hidden=True)[0]      # (T, C)
+        h = h[torch.tensor(pick, device=device)]                                     # (N, C)
+        return model.token_logprobs(h, torch.tensor(tgt, device=device), temperature,
+                                    with_entropy=with_entropy)
+
+
+def all_sum(x: torch.Tensor, world: int) -> torch.Tensor:
+    if world > 1:
+        dist.all_reduce(x)
+    return x
+
+
+def train_minibatch(ddp_model, model, seqs, cfg, device, world, amp, sft=False):
+    """Accumulate gradients of one mini-batch over packed micro-batches (no optimizer step).
+
+    Every rank runs the same number of micro-batches (padding with empty ones) because DDP
+    synchronises on each backward that is not under no_sync. Returns summed metrics.
+    """
+    mbs = pack(seqs, cfg.micro_tokens)
+    counts = torch.tensor([0, sum(len(s["tokens"]) for s in seqs), len(seqs)], dtype=torch.float64, device=device)
+    if world > 1:
+        n = torch.tensor([len(mbs)], device=device)
+        dist.all_reduce(n, op=dist.ReduceOp.MAX)
+        dist.all_reduce(counts)
+        mbs += [[]] * (int(n) - len(mbs))
+    batch_tokens, batch_seqs = int(counts[1]), int(counts[2])
+    m = torch.zeros(5, dtype=torch.float64, device=device)  # loss sum, kl, entropy, clipped, tokens
+    for k, mb in enumerate(mbs):
+        sync = k == len(mbs) - 1
+        ctx = ddp_model.no_sync() if (world > 1 and not sync) else _null()
+        with ctx:
+            if not mb:  # padding: touch every parameter with zero weight so DDP's reduction matches
+                logp = forward_logprobs(ddp_model, model, [dict(prompt=[0], tokens=[0])], 1.0, device, amp, False)
+                (logp.sum() * 0.0).backward()
+                continue
+            logp, ent = forward_logprobs(ddp_model, model, mb, 1.0 if sft else cfg.temperature, device, amp)
+            lens = torch.tensor([len(s["tokens"]) for s in mb], device=device)
+            idx = torch.repeat_interleave(torch.arange(len(mb), device=device), lens)
+            if sft:
+                tok_loss, parts = -logp, {}
+                loss = tok_loss.sum() / max(1, batch_tokens)
+            else:
+                old = torch.tensor([x for s in mb for x in s["old_logp"]], device=device)
+                refp = torch.tensor([x for s in mb for x in s["ref_logp"]], device=device) if cfg.kl_coef else None
+                adv = torch.tensor([s["adv"] for s in mb], device=device)[idx]
+                tok_loss, parts = grpo.grpo_token_loss(logp, old, refp, ent, adv, cfg.clip_low, cfg.clip_high,
+                                                       cfg.kl_coef, cfg.entropy_coef)
+                loss = grpo.aggregate(tok_loss, idx, lens, cfg.loss_agg, cfg.ctx, batch_tokens, batch_seqs)
+            (loss * world).backward()  # DDP averages gradients over ranks; the loss already divides by all
+            m += torch.tensor([float(loss.detach()) * world, float(parts.get("kl", torch.zeros(1)).sum()),
+                               float(ent.detach().sum()), float(parts.get("clipped", torch.zeros(1)).float().sum()),
+                               len(logp)], dtype=torch.float64, device=device)
+    return m
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+@torch.no_grad()
+def score(model, seqs, cfg, device, amp, key):
+    """Store no-grad per-token log-probs of each sequence's tokens under `model` as s[key]."""
+    for mb in pack(seqs, cfg.micro_tokens):
+        logp = forward_logprobs(model, model, mb, cfg.temperature, device, amp, with_entropy=False)
+        for s, part in zip(mb, logp.split([len(s["tokens"]) for s in mb])):
+            s[key] = part.float().tolist()
+
+
+def optimizer_step(model, opt, grad_clip: float):
+    """Clip and step; returns the pre-clip grad norm, or None (and no step) if it is not finite."""
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    if not torch.isfinite(norm):
+        opt.zero_grad(set_to_none=True)
+        return None
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return float(norm)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+@torch.no_grad()
+def evaluate(sampler, tok, recs, cfg, require_think, rank, world, device):
+    """Mean reward over eval_samples samples per held-out problem, gathered over ranks."""
+    from verify import grade_batch
+    mine = shard(recs, rank, world)
+    outs = generate(sampler, [r["prompt_ids"] for r in mine], n=cfg.eval_samples, max_new_tokens=cfg.ctx,
+                    temperature=cfg.eval_temperature, top_p=cfg.eval_top_p, seed=cfg.seed)
+    eos = set(sampler.config.eos_token_id) | set(tok.eos_ids)
+    texts = [tok.decode([t for t in o.tokens if t not in eos]) for o in outs]
+    ok = grade_batch([(t, r.get("answers") or r["answer"]) for r, t in
+                      zip([r for r in mine for _ in range(cfg.eval_samples)], texts)])
+    good = sum(float(c and (not require_think or "</think>" in t)) for c, t in zip(ok, texts))
+    tot = all_sum(torch.tensor([good, len(ok)], dtype=torch.float64, device=device), world)
+    return float(tot[0] / max(1, tot[1]))
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def save_checkpoint(model, opt, cfg, step, data_pos, tok_dir, tag=None):
+    """checkpoints/step_N: the policy in HF format + tokenizer + trainer_state.pt, written atomically."""
+    root = os.path.join(cfg.out, "checkpoints")
+    final = os.path.join(root, tag or f"step_{step:06d}")
+    tmp = final + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        if os.path.isfile(os.path.join(tok_dir, name)):
+            shutil.copy(os.path.join(tok_dir, name), tmp)
+    torch.save({"step": step, "data_pos": data_pos, "optimizer": opt.state_dict(), "config": asdict(cfg),
+                "rng": torch.get_rng_state()}, os.path.join(tmp, "trainer_state.pt"))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)  # a crash before this line leaves the previous checkpoints intact
+    steps = sorted(d for d in os.listdir(root) if d.startswith("step_") and not d.endswith(".tmp"))
+    for old in steps[:-cfg.keep]:
+        shutil.rmtree(os.path.join(root, old), ignore_errors=True)
+    return final
+
+
+def find_resume(cfg) -> str:
+    if cfg.resume != "auto":
+        return cfg.resume
+    root = os.path.join(cfg.out, "checkpoints")
+    steps = sorted(d for d in os.listdir(root) if d.startswith("step_") and not d.endswith(".tmp")) \
+        if os.path.isdir(root) else []
+    if not steps:
+        raise SystemExit(f"--resume auto: no checkpoint in {root}")
+    return os.path.join(root, steps[-1])
+
+
+# ----------------------------------------------------------------------------- main
+
+def main(argv=None):
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["plot"]:
+        return plot(argv[1] if len(argv) > 1 else "runs/grpo")
+    cfg, _ = parse_config(argv)
+
+    # --- distributed: torchrun sets RANK/WORLD_SIZE/LOCAL_RANK; without them, one process
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
+    if world > 1:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+    if cfg.prompts_per_step % world:
+        raise SystemExit(f"--prompts-per-step {cfg.prompts_per_step} must divide evenly over {world} ranks")
+    amp = cfg.amp and device.type == "cuda"
+    torch.manual_seed(cfg.seed)
+    os.makedirs(cfg.out, exist_ok=True)
+
+    # --- toy: build the model, tokenizer and task on the first run
+    toy = not cfg.model
+    if toy:
+        import toy as toy_mod
+        cfg.model = os.path.join(cfg.out, "toy_model")
+        if rank == 0 and not os.path.isfile(os.path.join(cfg.model, "config.json")):
+            toy_mod.build_model_dir(cfg.model, seed=cfg.seed)
+            for name, n, s in (("train.jsonl", 4000, 1), ("heldout.jsonl", 200, 2)):
+                with open(os.path.join(cfg.out, name), "w") as f:
+                    f.writelines(json.dumps(r) + "\n" for r in toy_mod.make_task(n, seed=s))
+        if world > 1:
+            dist.barrier()
+        cfg.data, cfg.eval_data = cfg.data or os.path.join(cfg.out, "train.jsonl"), \
+            cfg.eval_data or os.path.join(cfg.out, "heldout.jsonl")
+    if rank == 0:
+        with open(os.path.join(cfg.out, "config.json"), "w") as f:
+            json.dump(asdict(cfg), f, indent=2)
+
+    # --- data
+    tok = Tokenizer.from_pretrained(cfg.model)
+    require_think = cfg.think == "yes" or (cfg.think == "auto" and tok.chat_template == "deepseek-r1")
+
+    def prepare(path):
+        try:
+            recs, kept, long = dedupe(load_records(path)), [], 0
+        except (DataError, FileNotFoundError, ImportError) as e:
+            raise SystemExit(f"error: {e}") from None
+        for r in recs:
+            pr = (r.get("polish") or {}).get("pass_rate")
+            if pr is not None and not (cfg.pass_rate_min < pr < cfg.pass_rate_max) and path == cfg.data:
+                continue
+            r["prompt_ids"] = prompt_ids(tok, r["problem"])
+            if len(r["prompt_ids"]) > cfg.prompt_budget:
+                long += 1
+                continue
+            kept.append(r)
+        print0(f"{path}: {len(recs)} problems, {len(kept)} kept ({long} over the {cfg.prompt_budget}-token "
+               f"prompt budget, {len(recs) - len(kept) - long} filtered by pass rate)")
+        if not kept:
+            raise SystemExit(f"{path}: no usable problems")
+        return kept
+
+    train_recs = prepare(cfg.data)
+    eval_recs = prepare(cfg.eval_data) if cfg.eval_data and cfg.eval_every > 0 else []
+
+    # --- model: the policy in fp32 (AdamW needs it); bf16 copies for sampling and reference on GPU
+    start_step, data_pos, state = 0, 0, None
+    src = cfg.model
+    if cfg.resume:
+        src = find_resume(cfg)
+        state = torch.load(os.path.join(src, "trainer_state.pt"), map_location="cpu", weights_only=False)
+        start_step, data_pos = state["step"], state["data_pos"]
+        torch.set_rng_state(state["rng"])
+        print0(f"resuming from {src} at step {start_step} (ctx {state['config']['ctx']} -> {cfg.ctx})")
+    model = Transformer.from_pretrained(src, device=device, dtype=torch.float32)
+    model.gradient_checkpointing = cfg.grad_ckpt
+    ref = None
+    if cfg.kl_coef:
+        ref = Transformer.from_pretrained(cfg.model, device=device, dtype=torch.bfloat16 if amp else torch.float32)
+        ref.requires_grad_(False)
+    sampler = copy.deepcopy(model).to(torch.bfloat16).requires_grad_(False) if amp else model
+    ddp_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local] if device.type == "cuda"
+                                                          else None) if world > 1 else model
+    print0(f"policy {model.num_params() / 1e6:.1f}M params on {device} x {world}; sampling in "
+           f"{'bf16' if amp else 'fp32'}; reward requires </think>: {require_think}")
+
+    def sync_sampler():
+        if sampler is not model:
+            with torch.no_grad():
+                for a, b in zip(sampler.parameters(), model.parameters()):
+                    a.copy_(b)
+
+    # --- supervised warm-up on the records' solutions (skipped when resuming)
+    if cfg.sft_steps and state is None:
+        sft_recs = [r for r in train_recs if r.get("solution")]
+        if not sft_recs:
+            raise SystemExit(f"--sft-steps {cfg.sft_steps}: no record of {cfg.data} has a solution")
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.sft_lr, weight_decay=0.0)
+        eos = tok.eos_ids[:1]
+        model.train()
+        for k in range(cfg.sft_steps):
+            order = epoch_order(len(sft_recs), cfg.seed, k * cfg.sft_batch // len(sft_recs))
+            pick = [sft_recs[order[(k * cfg.sft_batch + j) % len(sft_recs)]] for j in range(cfg.sft_batch)]
+            seqs = [dict(prompt=r["prompt_ids"], tokens=tok.encode(r["solution"]) + eos) for r in shard(pick, rank, world)]
+            m = train_minibatch(ddp_model, model, seqs, cfg, device, world, amp, sft=True)
+            optimizer_step(model, opt, cfg.grad_clip)
+            if k % 20 == 0 or k == cfg.sft_steps - 1:
+                print0(f"warm-up {k + 1}/{cfg.sft_steps}: loss {float(m[0]):.3f}")
+        del opt
+        sync_sampler()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if state is not None:
+        opt.load_state_dict(state["optimizer"])
+
+    before = None
+    if eval_recs and start_step == 0:
+        before = evaluate(sampler, tok, eval_recs, cfg, require_think, rank, world, device)
+        print0(f"held-out accuracy before GRPO: {100 * before:.1f}%")
+
+    wandb_run = None
+    if cfg.wandb and rank == 0:
+        try:
+            import wandb
+        except ImportError:
+            raise SystemExit("--wandb needs wandb: pip install wandb") from None
+        wandb_run = wandb.init(project=cfg.wandb, config=asdict(cfg))
+
+    # --- the GRPO loop
+    per_rank, bad = cfg.prompts_per_step // world, 0
+    metrics_f = open(os.path.join(cfg.out, "metrics.jsonl"), "a") if rank == 0 else None
+    for step in range(start_step, cfg.steps):
+        t_step = time.time()
+        seqs, t_sample, t_grade, groups_kept, rounds = [], 0.0, 0.0, 0, 0
+        while True:  # one round, plus refills when dynamic sampling drops zero-variance groups
+            order = epoch_order(len(train_recs), cfg.seed, data_pos // len(train_recs))
+            glob_batch = [train_recs[order[(data_pos + j) % len(train_recs)]] for j in range(cfg.prompts_per_step)]
+            data_pos += cfg.prompts_per_step
+            model.eval()
+            t0 = time.time()
+            got, g_s = rollout(sampler, tok, shard(glob_batch, rank, world), cfg,
+                               seed=cfg.seed * 1_000_003 + step * 1009 + rounds * 97 + rank, require_think=require_think)
+            t_sample += time.time() - t0 - g_s
+            t_grade += g_s
+            if cfg.dynamic_sampling:  # keep groups with some spread in reward; renumber so rounds stay apart
+                spread = {g for g in {s["group"] for s in got} if len({s["reward"] for s in got if s["group"] == g}) > 1}
+                got = [dict(s, group=s["group"] + 1_000_000 * rounds) for s in got if s["group"] in spread]
+            seqs += got
+            rounds += 1
+            groups_kept = int(all_sum(torch.tensor([len({s['group'] for s in seqs})], device=device), world))
+            if not cfg.dynamic_sampling or groups_kept >= cfg.prompts_per_step or rounds > cfg.max_refill_rounds:
+                break
+        t0 = time.time()
+        model.train()
+        if cfg.old_logp == "sampler":
+            for s in seqs:
+                s["old_logp"] = s["logprobs"]
+        else:
+            score(model, seqs, cfg, device, amp, "old_logp")
+        if ref is not None:
+            score(ref, seqs, cfg, device, amp, "ref_logp")
+        groups = sorted({s["group"] for s in seqs})
+        m = torch.zeros(5, dtype=torch.float64, device=device)
+        norms, skipped = [], 0
+        for u in range(cfg.updates_per_step):  # each mini-batch is a slice of whole groups
+            part = set(groups[u::cfg.updates_per_step])
+            m += train_minibatch(ddp_model, model, [s for s in seqs if s["group"] in part], cfg, device, world, amp)
+            norm = optimizer_step(model, opt, cfg.grad_clip)
+            norms.append(norm if norm is not None else float("nan"))
+            skipped += norm is None
+        sync_sampler()
+        t_train = time.time() - t0
+        bad = bad + 1 if skipped else 0
+        # --- metrics over all ranks
+        lens = [len(s["tokens"]) for s in seqs]
+        zero_var = sum(1 for g in groups if len({s["reward"] for s in seqs if s["group"] == g}) == 1)
+        loc = torch.tensor([sum(s["reward"] for s in seqs), sum(s["correct"] for s in seqs), len(seqs), sum(lens),
+                            sum(s["truncated"] for s in seqs), zero_var, len(groups)], dtype=torch.float64, device=device)
+        tot, mx = all_sum(loc, world), torch.tensor([max(lens, default=0)], device=device)
+        if world > 1:
+            dist.all_reduce(mx, op=dist.ReduceOp.MAX)
+        n_tok = max(1.0, float(m[4]))
+        row = dict(step=step + 1, reward=float(tot[0] / tot[2]), accuracy=float(tot[1] / tot[2]),
+                   len_mean=float(tot[3] / tot[2]), len_max=int(mx), truncated=float(tot[4] / tot[2]),
+                   zero_var=float(tot[5] / tot[6]), entropy=float(m[2]) / n_tok / world, kl=float(m[1]) / n_tok / world,
+                   clip_frac=float(m[3]) / n_tok / world, grad_norm=sum(norms) / len(norms), loss=float(m[0]) / world,
+                   tok_per_s=float(tot[3]) / max(1e-9, t_sample), sample_s=t_sample, grade_s=t_grade,
+                   train_s=t_train, step_s=time.time() - t_step, skipped=skipped, data_pos=data_pos)
+        print0(f"step {row['step']:>5} | reward {row['reward']:.3f} acc {row['accuracy']:.3f} | len "
+               f"{row['len_mean']:.0f}/{row['len_max']} trunc {100 * row['truncated']:.0f}% zero-var "
+               f"{100 * row['zero_var']:.0f}% | ent {row['entropy']:.3f} kl {row['kl']:.4f} clip "
+               f"{row['clip_frac']:.3f} gnorm {row['grad_norm']:.3f} | {row['tok_per_s']:.0f} tok/s | "
+               f"sample {t_sample:.1f}s grade {t_grade:.1f}s train {t_train:.1f}s")
+        if (step + 1) % cfg.show_every == 0:
+            for s in seqs[:: max(1, len(seqs) // 2)][:2]:
+                print0(f"  [reward {s['reward']:.0f}] {tok.decode(s['prompt'])[-80:]!r} -> {s['text'][:300]!r}")
+        if eval_recs and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
+            row["eval_accuracy"] = evaluate(sampler, tok, eval_recs, cfg, require_think, rank, world, device)
+            print0(f"held-out accuracy at step {step + 1}: {100 * row['eval_accuracy']:.1f}%")
+        if rank == 0:
+            metrics_f.write(json.dumps(row) + "\n")
+            metrics_f.flush()
+            if wandb_run:
+                wandb_run.log(row, step=step + 1)
+        if bad >= cfg.max_bad_steps:
+            raise SystemExit(f"stopping: {bad} steps in a row had a non-finite gradient (last step {step + 1}); "
+                             "lower --lr or check the data")
+        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
+            if rank == 0:
+                print0(f"saved {save_checkpoint(model, opt, cfg, step + 1, data_pos, cfg.model)}")
+            if world > 1:
+                dist.barrier()
+    if eval_recs and before is not None:
+        after = row["eval_accuracy"]
+        print0(f"held-out accuracy: before GRPO {100 * before:.1f}%, after GRPO {100 * after:.1f}%")
+    if world > 1:
+        dist.destroy_process_group()
+
+
+def plot(run_dir: str):
+    """Draw reward, accuracy, length, entropy and KL from RUN_DIR/metrics.jsonl to curves.png."""
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.isfile(path):
+        raise SystemExit(f"{path}: no metrics (is {run_dir} a run folder?)")
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise SystemExit("plotting needs matplotlib: pip install matplotlib") from None
+    rows = [json.loads(line) for line in open(path)]
+    keys = ["reward", "accuracy", "len_mean", "entropy", "kl"]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3))
+    for ax, k in zip(axes, keys):
+        ax.plot([r["step"] for r in rows], [r[k] for r in rows])
+        ax.set_title(k)
+        ax.set_xlabel("step")
+    fig.tight_layout()
+    out = os.path.join(run_dir, "curves.png")
+    fig.savefig(out, dpi=100)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
