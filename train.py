@@ -22,9 +22,8 @@ AdamW fits one 80 GB GPU under DDP), a value model, multi-turn or tool rollouts.
 import argparse
 import copy
 import json
-import math
 import os
-import random
+import re
 import shutil
 import sys
 import time
@@ -32,7 +31,6 @@ from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 import grpo
 from data import DataError, Tokenizer, dedupe, epoch_order, load_records, prompt_ids, shard
@@ -96,22 +94,27 @@ class Config:
 # The embedded default: what `python train.py` runs when no --model is given.
 TOY = dict(prompts_per_step=32, samples=8, ctx=32, prompt_budget=64, temperature=1.0, lr=3e-4,
            weight_decay=0.0, updates_per_step=1, kl_coef=0.0, entropy_coef=0.0, old_logp="sampler",
-           micro_tokens=8192, grad_ckpt=False, sft_steps=200, sft_lr=3e-3, sft_batch=64, steps=40,
-           save_every=20, eval_every=20, eval_samples=1, eval_temperature=0.0, show_every=20,
+           micro_tokens=8192, grad_ckpt=False, sft_steps=200, sft_lr=3e-3, sft_batch=64, steps=20,
+           save_every=10, eval_every=10, eval_samples=1, eval_temperature=0.0, show_every=20,
            out="runs/toy")
 
 
 def parse_config(argv) -> tuple[Config, set]:
     """Flags generated from Config; returns the config and the names given on the command line."""
     ap = argparse.ArgumentParser(description="GRPO training (DeepScaleR recipe by default). "
-                                 "`python train.py plot RUN_DIR` draws a run's curves.")
+                                 "`python train.py plot RUN_DIR` draws a run's curves. Without --model: "
+                                 "the embedded toy, with its own defaults (TOY in train.py).")
+    # Each flag's help is the comment on its Config field, read from this file.
+    with open(__file__, encoding="utf-8") as src:
+        notes = dict(re.findall(r"^    (\w+): [\w|]+ = .*?# (.*)$", src.read(), re.M))
     for f in fields(Config):
         flag = "--" + f.name.replace("_", "-")
         if f.type is bool:
             ap.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                            help=f"(default {f.default})")
+                            help=f"{notes.get(f.name, '')} (default {f.default})")
         else:
-            ap.add_argument(flag, type=f.type, default=argparse.SUPPRESS, help=f"(default {f.default!r})")
+            ap.add_argument(flag, type=f.type, default=argparse.SUPPRESS,
+                            help=f"{notes.get(f.name, '')} (default {f.default!r})")
     given = vars(ap.parse_args(argv))
     values = {} if given.get("model") else dict(TOY)  # the toy's defaults, under explicit flags
     values.update(given)
@@ -458,7 +461,7 @@ def main(argv=None):
         wandb_run = wandb.init(project=cfg.wandb, config=asdict(cfg))
 
     # --- the GRPO loop
-    per_rank, bad = cfg.prompts_per_step // world, 0
+    bad = 0
     metrics_f = open(os.path.join(cfg.out, "metrics.jsonl"), "a") if rank == 0 else None
     for step in range(start_step, cfg.steps):
         t_step = time.time()

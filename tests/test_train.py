@@ -1,6 +1,7 @@
 """train.py: DDP equals one process, resume is exact, the toy learns, bad input is explained."""
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -54,6 +55,17 @@ def test_resume_is_exact(tmp_path):
     assert strip(rows("a")) == strip(rows("b"))
     # keep: only the newest 3 checkpoints remain, none half-written
     assert sorted(os.listdir(tmp_path / "a/checkpoints")) == ["step_000002", "step_000003", "step_000004"]
+
+
+@pytest.mark.slow
+def test_toy_grpo_raises_heldout_accuracy(tmp_path):
+    """`python train.py` (fixed seed): GRPO adds >= 20 points of held-out accuracy (-m slow; CI runs it)."""
+    r = run([sys.executable, str(REPO / "train.py"), "--out", "toy"], tmp_path, env={"OMP_NUM_THREADS": "2"}, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    line = r.stdout.strip().splitlines()[-1]
+    print(line)
+    before, after = map(float, re.fullmatch(r"held-out accuracy: before GRPO ([\d.]+)%, after GRPO ([\d.]+)%", line).groups())
+    assert after - before >= 20
 
 
 @pytest.mark.parametrize("argv,message", [
