@@ -196,7 +196,14 @@ class Attention(nn.Module):
             # The cache stores the new K/V and returns what this step attends to, (B, Hkv, S, D),
             # with a boolean mask (B, 1, T, S) (True = attend) that encodes causality and lengths.
             k, v, mask = cache.update(self.layer_idx, k, v)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+            if gqa and T == 1:
+                # Decode: fold each KV head's query heads into the query axis, (B, Hkv, H/Hkv, D).
+                # Same result as enable_gqa, but a masked GQA call can fall back to a kernel
+                # that copies K/V per query head; this shape reads each KV head once.
+                y = F.scaled_dot_product_attention(q.reshape(B, self.n_kv, -1, self.head_dim), k, v,
+                                                   attn_mask=mask).reshape(B, self.n_heads, 1, self.head_dim)
+            else:
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
         elif pack is not None:
             y = packed_attention(q, k, v, pack, gqa)
         else:

@@ -1,0 +1,344 @@
+"""Generation tokens/s of sample.generate against transformers' generate(), in one process,
+on the same weights, prompts and settings (sampling at T = 1, no top-k/top-p, fixed lengths:
+stops ignored), and the ratio. Results go in BENCHMARKS.md.
+
+    python bench.py --gpu                  # the GPU suite, one device, under 8 minutes, offline
+    python bench.py --model /path/to/SmolLM2-135M-Instruct --batch 16 --new 256   # CPU target
+    python bench.py --batch 16 --new 64    # CPU, the SmolLM2-135M shape with random weights
+    python bench.py --train                # training fwd+bwd, 8,192 tokens, ours vs transformers
+
+--gpu builds the DeepSeek-R1-Distill-Qwen-1.5B shape (R1_1P5B below, random weights, bf16)
+and runs: batch 64 and 256 with prompt 256 + 512 new (transformers, ours eager, ours with
+CUDA graphs), then batch 256 with prompt 256 + 4,096 new (ours only: transformers would
+take over 5 minutes there; --hf-long adds it). For each run of ours it prints the decode
+steps' achieved bytes/s (weights + the KV actually attended, per step / step time) as a
+fraction of a device-to-device copy timed in the same run, and which SDPA kernel the decode
+attention gets. It first checks that CUDA-graph and eager greedy outputs agree.
+Left out: prefill-only and latency benchmarks, other models, multi-GPU.
+"""
+import argparse
+import datetime
+import tempfile
+import time
+
+import torch
+
+from model import ModelConfig, Transformer
+from sample import KVCache, generate
+
+R1_1P5B = dict(model_type="qwen2", vocab_size=151936, hidden_size=1536, intermediate_size=8960,
+               num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
+               rope_theta=10000.0, rms_norm_eps=1e-6, max_position_embeddings=131072,
+               tie_word_embeddings=False, eos_token_id=[151643], torch_dtype="bfloat16")
+SMOL_135M = dict(model_type="llama", vocab_size=49152, hidden_size=576, intermediate_size=1536,
+                 num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3, head_dim=64,
+                 rope_theta=100000.0, rms_norm_eps=1e-5, max_position_embeddings=8192,
+                 tie_word_embeddings=True, attention_bias=False, eos_token_id=[2])
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def build(args, device, dtype):
+    """Our model and transformers' model with identical weights (random unless --model)."""
+    from transformers import AutoModelForCausalLM
+    if args.model:
+        ours = Transformer.from_pretrained(args.model, device=device, dtype=dtype).eval()
+        hf = None if args.skip_hf else AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype)
+    else:
+        cfg = ModelConfig(**(R1_1P5B if args.gpu else SMOL_135M))
+        torch.manual_seed(0)
+        with torch.device(device):
+            ours = Transformer(cfg).to(dtype).eval()
+        hf = None
+        if not args.skip_hf:
+            with tempfile.TemporaryDirectory() as tmp:   # transformers reads our HF-format save
+                ours.save_pretrained(tmp)
+                hf = AutoModelForCausalLM.from_pretrained(tmp, dtype=dtype)
+    return ours, hf if hf is None else hf.to(device).eval()
+
+
+def copy_bandwidth(device) -> float:
+    """Bytes/s of a 1 GiB device-to-device copy (read + write counted)."""
+    a = torch.empty(2**30, dtype=torch.uint8, device=device)
+    b = torch.empty_like(a)
+    b.copy_(a)
+    sync(device)
+    t = time.perf_counter()
+    for _ in range(10):
+        b.copy_(a)
+    sync(device)
+    return 2 * 10 * a.numel() / (time.perf_counter() - t)
+
+
+def sdpa_kernel_for_decode(m, rows, ctx, device):
+    """Which SDPA backend the decode attention's shapes and mask select (CUDA only)."""
+    c = m.config
+    try:
+        q = torch.zeros(rows, c.num_attention_heads, 1, c.head_dim, device=device, dtype=torch.bfloat16)
+        k = torch.zeros(rows, c.num_key_value_heads, ctx, c.head_dim, device=device, dtype=torch.bfloat16)
+        mask = torch.ones(rows, 1, 1, ctx, dtype=torch.bool, device=device)
+        choice = torch._fused_sdp_choice(q, k, k, attn_mask=mask, dropout_p=0.0, is_causal=False,
+                                         scale=None, enable_gqa=c.num_key_value_heads != c.num_attention_heads)
+        return torch.nn.attention.SDPBackend(choice).name
+    except Exception as e:  # a private API: report, never fail the benchmark on it
+        return f"unknown ({type(e).__name__})"
+
+
+def attention_probe(m, rows, ctx, device):
+    """ms per layer of one decode step's attention over a (rows, Hkv, ctx, D) cache with a length
+    mask: as model.py calls SDPA (enable_gqa), and with each KV head's query heads folded into
+    the query axis (plain attention, same result), to size what the model-side fold would buy."""
+    c = m.config
+    H, Hkv, D = c.num_attention_heads, c.num_key_value_heads, c.head_dim
+    q = torch.randn(rows, H, 1, D, device=device, dtype=torch.bfloat16)
+    k, v = (torch.randn(rows, Hkv, ctx, D, device=device, dtype=torch.bfloat16) for _ in "kv")
+    mask = torch.arange(ctx, device=device) < torch.randint(ctx // 2, ctx + 1, (rows, 1, 1, 1), device=device)
+    F = torch.nn.functional
+    calls = [lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=H != Hkv),
+             lambda: F.scaled_dot_product_attention(q.view(rows, Hkv, H // Hkv, D), k, v, attn_mask=mask)]
+    out = []
+    for f in calls:
+        f()
+        sync(device)
+        t = time.perf_counter()
+        for _ in range(20):
+            f()
+        sync(device)
+        out.append(1e3 * (time.perf_counter() - t) / 20)
+    return out
+
+
+def run_hf(hf, prompts, new, device):
+    ids = torch.tensor(prompts, device=device)
+    sync(device)
+    t = time.perf_counter()
+    out = hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=1.0,
+                      top_p=1.0, top_k=0, max_new_tokens=new, min_new_tokens=new,
+                      pad_token_id=hf.config.eos_token_id if isinstance(hf.config.eos_token_id, int)
+                      else 0)
+    sync(device)
+    dt = time.perf_counter() - t
+    assert out.shape[1] == ids.shape[1] + new, out.shape
+    return len(prompts) * new / dt, dt
+
+
+def run_ours(m, prompts, new, device, graphs=False):
+    st = {}
+    sync(device)
+    t = time.perf_counter()
+    outs = generate(m, prompts, max_new_tokens=new, temperature=1.0, stop_ids=[], seed=0,
+                    cuda_graphs=graphs, stats=st)
+    sync(device)
+    dt = time.perf_counter() - t
+    assert all(len(o.tokens) == new for o in outs)
+    return len(prompts) * new / dt, dt, st
+
+
+def decode_bandwidth(m, st) -> float:
+    """Bytes/s of the decode steps: every weight once per step (the embedding table only where
+    tied, as lm_head) + the K/V of every attended token, over the decode time without captures."""
+    c, dtype = m.config, next(m.parameters()).dtype
+    weights = sum(p.numel() * p.element_size() for p in m.parameters())
+    if not c.tie_word_embeddings:
+        weights -= m.embed_tokens.weight.numel() * m.embed_tokens.weight.element_size()
+    kv = KVCache.bytes_per_row(c, 1, dtype)
+    return (st["steps"] * weights + st["kv_token_reads"] * kv) / (st["decode_s"] - st["capture_s"])
+
+
+def train_bench(device, seq_len: int = 8192, steps: int = 4):
+    """Forward + backward tokens/s and peak memory on one seq_len-token sequence, ours against
+    transformers, bf16 weights, gradient checkpointing on both, same weights and tokens.
+
+    Ours scores next-token log-probs through model.token_logprobs (vocab in chunks); transformers
+    computes its loss from full logits (labels=), as a user of it would."""
+    from transformers import AutoModelForCausalLM
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    cfg = ModelConfig(**(R1_1P5B if device.type == "cuda" else SMOL_135M))
+    torch.manual_seed(0)
+    with torch.device(device):
+        m = Transformer(cfg).to(torch.bfloat16).train()
+    m.gradient_checkpointing = True
+    ids = torch.randint(0, cfg.vocab_size, (1, seq_len), device=device)
+    backends = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
+                SDPBackend.MATH]
+
+    try:
+        sdpa_kernel(backends, set_priority=True)
+        order = dict(set_priority=True)
+    except TypeError:                                         # torch < 2.6: no priority order
+        order = {}
+
+    def ours():
+        with sdpa_kernel(backends, **order):                  # cuDNN first: twice flash on Hopper
+            h = m(ids, return_hidden=True)[0]
+            loss = -m.token_logprobs(h[:-1], ids[0, 1:]).mean()
+        loss.backward()
+
+    def time_it(fn, model):
+        fn()                                                   # warm-up: kernels, allocator
+        model.zero_grad(set_to_none=True)
+        sync(device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        t = time.perf_counter()
+        for _ in range(steps):
+            fn()
+            model.zero_grad(set_to_none=True)
+        sync(device)
+        dt = (time.perf_counter() - t) / steps
+        peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+        return seq_len / dt, peak
+
+    ours_tps, ours_peak = time_it(ours, m)
+    with tempfile.TemporaryDirectory() as tmp:
+        m.save_pretrained(tmp)
+        m = None                                              # free its memory for transformers
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        hf = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.bfloat16, attn_implementation="sdpa").to(device)
+    hf.gradient_checkpointing_enable()
+    hf.train()
+
+    def theirs():
+        hf(ids, labels=ids).loss.backward()
+
+    hf_tps, hf_peak = time_it(theirs, hf)
+    print(f"train fwd+bwd, 1 x {seq_len} tokens, bf16, grad checkpointing: transformers {hf_tps:,.0f} tok/s "
+          f"(peak {hf_peak:.1f} GiB) | ours {ours_tps:,.0f} tok/s (peak {ours_peak:.1f} GiB) | "
+          f"ratio {ours_tps / hf_tps:.2f}x", flush=True)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--gpu", action="store_true", help="the full GPU suite on the R1-1.5B shape (see above)")
+    ap.add_argument("--train", action="store_true", help="training fwd+bwd on one 8,192-token sequence against "
+                    "transformers (the R1-1.5B shape on a GPU, SmolLM2-135M's on CPU), then exit")
+    ap.add_argument("--train-len", type=int, default=8192, help="with --train: tokens in the sequence")
+    ap.add_argument("--model", help="an HF folder to load instead of random weights")
+    ap.add_argument("--batch", type=int, default=16, help="sequences decoded together (not with --gpu)")
+    ap.add_argument("--prompt-len", type=int, default=32, help="prompt tokens per sequence (not with --gpu)")
+    ap.add_argument("--new", type=int, default=256, help="new tokens per sequence (not with --gpu)")
+    ap.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
+    ap.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
+    ap.add_argument("--repeat", type=int, default=1, help="CPU: alternate the two this many times, keep each's best")
+    ap.add_argument("--skip-hf", action="store_true", help="time sample.generate only")
+    ap.add_argument("--hf-long", action="store_true", help="with --gpu: also time transformers at 4,096 new")
+    ap.add_argument("--long-budget-s", type=float, default=240,
+                    help="with --gpu: shorten the 4,096-token run if it projects past this many seconds")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.train:
+        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        print(f"{datetime.date.today()} | {torch.cuda.get_device_name(dev) if dev.type == 'cuda' else 'CPU'} | "
+              f"torch {torch.__version__}")
+        return train_bench(dev, args.train_len)
+    device = torch.device("cuda" if args.gpu else "cpu")
+    if args.gpu and not torch.cuda.is_available():
+        raise SystemExit("--gpu needs CUDA")
+    dtype = getattr(torch, args.dtype)
+    import transformers
+    name = torch.cuda.get_device_name(device) if args.gpu else f"CPU, {torch.get_num_threads()} threads"
+    print(f"{datetime.date.today()} | {name} | torch {torch.__version__} | transformers "
+          f"{transformers.__version__} | {args.dtype}")
+    t0 = time.perf_counter()
+    m, hf = build(args, device, dtype)
+    print(f"model: {args.model or ('R1-Distill-Qwen-1.5B shape' if args.gpu else 'SmolLM2-135M shape')}"
+          f"{'' if args.model else ', random weights'}, {m.num_params() / 1e9:.3f}B params "
+          f"(built in {time.perf_counter() - t0:.0f} s)")
+    g = torch.Generator().manual_seed(0)
+    V = m.config.vocab_size
+
+    def prompts(B, P):
+        return torch.randint(0, V, (B, P), generator=g).tolist()
+
+    # warm-up: kernels, allocators, lazy initialisation, for both
+    run_ours(m, prompts(4, 16), 4, device)
+    if hf is not None:
+        run_hf(hf, prompts(4, 16), 4, device)
+    if not args.gpu:
+        shapes = [(args.batch, args.prompt_len, args.new, hf is not None)]
+    else:
+        bw = copy_bandwidth(device)
+        print(f"device-to-device copy: {bw / 1e12:.2f} TB/s (read + write)")
+        p8 = prompts(8, 64)
+        a = generate(m, p8, max_new_tokens=64, temperature=0, stop_ids=[])
+        try:
+            st = {}
+            b = generate(m, p8, max_new_tokens=64, temperature=0, stop_ids=[], cuda_graphs=True, stats=st)
+            same = sum(x.tokens == y.tokens for x, y in zip(a, b))
+            # random weights give near-flat logits, so a late flip can be rounding; a bug in the
+            # graphed step (positions, cache, state) shows in the first decode steps
+            graphs_ok = all(x.tokens[:8] == y.tokens[:8] for x, y in zip(a, b)) and st["graphs"] > 0
+            print(f"CUDA graphs vs eager, greedy, 8 rows x 64 tokens: {same}/8 rows identical, "
+                  f"{st['graphs']} graphs captured -> {'using' if graphs_ok else 'NOT using'} graphs")
+        except Exception as e:
+            graphs_ok = False
+            print(f"CUDA graphs failed ({type(e).__name__}: {e}); eager only")
+        shapes = [(64, 256, 512, hf is not None), (256, 256, 512, hf is not None),
+                  (256, 256, 4096, hf is not None and args.hf_long)]
+    per_step = {}                          # (B, P + N / 2) -> decode bytes per step, s per step
+    for B, P, N, with_hf in shapes:
+        if args.gpu and N > 1024 and (B, P + 256) in per_step:
+            # guard the 8-minute budget: project this run from the 512-token one at the same
+            # bandwidth, and shorten it (saying so) if a slow attention path would overrun
+            nbytes, sec = per_step[(B, P + 256)]
+            kv = KVCache.bytes_per_row(m.config, 1, dtype) * B
+            def est(N):
+                return N * sec * (nbytes + kv * (N // 2 - 256)) / nbytes
+            while est(N) > args.long_budget_s and N > 512:
+                print(f"(projected {est(N):.0f} s, over --long-budget-s: shortened to {N // 2} new tokens)")
+                N //= 2
+        ps = prompts(B, P)
+        line = f"batch {B}, prompt {P} + {N} new:"
+        base = None
+        if with_hf and not args.gpu:
+            # a shared CPU is noisy: alternate the two --repeat times, report the best of each
+            hf_runs, our_runs = [], []
+            for _ in range(args.repeat):
+                hf_runs.append(run_hf(hf, ps, N, device))
+                our_runs.append(run_ours(m, ps, N, device))
+            (base, dt), (tps, dt2, st) = max(hf_runs), max(our_runs, key=lambda r: r[0])
+            print(f"{line} transformers {base:,.1f} tok/s ({dt:.1f} s) | ours {tps:,.1f} tok/s ({dt2:.1f} s; "
+                  f"prefill {st['prefill_s']:.1f} s, decode {1e3 * st['decode_s'] / st['steps']:.1f} ms/step)"
+                  f" | ratio {tps / base:.2f}x" + (f"  [tok/s of every run: transformers "
+                  f"{[round(r[0], 1) for r in hf_runs]}, ours {[round(r[0], 1) for r in our_runs]}]"
+                  if args.repeat > 1 else ""))
+            continue
+        if with_hf:
+            base, dt = run_hf(hf, ps, N, device)
+            line += f" transformers {base:,.0f} tok/s ({dt:.1f} s) |"
+        if args.gpu:
+            a_gqa, a_fold = attention_probe(m, B, P + N, device)
+            print(line + f" decode SDPA kernel: {sdpa_kernel_for_decode(m, B, P + N, device)}; decode attention "
+                  f"at context {P + N}: {a_gqa:.3f} ms/layer as model.py calls it, {a_fold:.3f} with q folded",
+                  flush=True)
+            line = "   "
+            if N > 1024 and hf is not None:
+                del hf                     # free its memory for the long run's KV cache
+                hf = None
+                torch.cuda.empty_cache()
+        modes = [False] + ([True] if args.gpu and graphs_ok else [])
+        if args.gpu and N > 1024:
+            modes = modes[-1:]             # the long run once, with the faster mode
+        for graphs in modes:
+            tps, dt, st = run_ours(m, ps, N, device, graphs)
+            dec_s = st["decode_s"] - st["capture_s"]
+            line += (f" ours{' + CUDA graphs' if graphs else ''} {tps:,.0f} tok/s ({dt:.1f} s"
+                     f"{'' if base is None else f', {tps / base:.1f}x'}; prefill {st['prefill_s']:.1f} s,"
+                     f" decode {1e3 * dec_s / st['steps']:.2f} ms/step"
+                     f"{', %d graphs captured in %.1f s' % (st['graphs'], st['capture_s']) if graphs else ''})")
+            if args.gpu:
+                dbw = decode_bandwidth(m, st)
+                line += f", decode {dbw / 1e12:.2f} TB/s = {100 * dbw / bw:.0f}% of copy"
+                per_step[(B, P + N // 2)] = (dbw * dec_s / st["steps"], dec_s / st["steps"])
+            print(line, flush=True)
+            line = "   "
+    print(f"total {time.perf_counter() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
