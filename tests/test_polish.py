@@ -5,6 +5,7 @@ Bookkeeping tests replace polish.generate by a scripted stand-in that answers th
 addition problems with chosen chains (exploratory, summary-style, wrong, truncated, ...).
 """
 import json
+import random
 import re
 import signal
 import subprocess
@@ -70,8 +71,17 @@ def toy_dir(tmp_path_factory):
     return d
 
 
+def make_sums(n: int, seed: int) -> list:
+    """Distinct two-number problems "What is a + b?" (the scripted sampler reads a and b back)."""
+    rng, rows = random.Random(seed), {}
+    while len(rows) < n:
+        a, b = rng.randint(10, 99), rng.randint(10, 99)
+        rows[(a, b)] = {"problem": f"What is {a} + {b}?", "answer": str(a + b), "solution": f"{a} + {b} = {a + b}"}
+    return list(rows.values())
+
+
 def task(tmp_path, n: int) -> tuple[str, list]:
-    recs = toy.make_task(n, seed=3)
+    recs = make_sums(n, seed=3)
     path = tmp_path / "task.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in recs))
     return str(path), recs
@@ -196,7 +206,7 @@ def test_merge_parts_and_world_size_change(tmp_path, monkeypatch, toy_dir, capsy
     seen = run(monkeypatch, toy_dir, data_path, out, lambda *a: "summary")   # resumed on 1 GPU
     assert len(seen) == 2 and out.read_text().splitlines(keepends=True) == full
     other = tmp_path / "other.jsonl"                                    # another input, same --out
-    other.write_text("".join(json.dumps(r) + "\n" for r in toy.make_task(3, seed=99)))
+    other.write_text("".join(json.dumps(r) + "\n" for r in make_sums(3, seed=99)))
     with pytest.raises(SystemExit, match="matches no problem"):
         run(monkeypatch, toy_dir, str(other), out, lambda *a: "summary")
 
