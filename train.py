@@ -20,6 +20,7 @@ held-out accuracy before and after. Left out: FSDP/tensor parallelism (the 1.5B 
 AdamW fits one 80 GB GPU under DDP), a value model, multi-turn or tool rollouts.
 """
 import argparse
+import contextlib
 import copy
 import json
 import os
@@ -225,7 +226,7 @@ def train_minibatch(ddp_model, model, seqs, cfg, device, world, amp, sft=False):
     m = torch.zeros(5, dtype=torch.float64, device=device)  # loss sum, kl, entropy, clipped, tokens
     for k, mb in enumerate(mbs):
         sync = k == len(mbs) - 1
-        ctx = ddp_model.no_sync() if (world > 1 and not sync) else _null()
+        ctx = ddp_model.no_sync() if (world > 1 and not sync) else contextlib.nullcontext()
         with ctx:
             if not mb:  # padding: touch every parameter with zero weight so DDP's reduction matches
                 logp = forward_logprobs(ddp_model, model, [dict(prompt=[0], tokens=[0])], 1.0, device, amp, False)
@@ -249,14 +250,6 @@ def train_minibatch(ddp_model, model, seqs, cfg, device, world, amp, sft=False):
                                float(ent.detach().sum()), float(parts.get("clipped", torch.zeros(1)).float().sum()),
                                len(logp)], dtype=torch.float64, device=device)
     return m
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 @torch.no_grad()
