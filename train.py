@@ -138,19 +138,27 @@ def print0(*args, **kw):
 
 # ----------------------------------------------------------------------------- rollouts
 
+def judge(sampler, tok, outs, recs, n, require_think):
+    """Decode completions (n per record, stop tokens dropped) and apply DeepScaleR's reward:
+    1 if the last boxed answer is right (and </think> is present, when required), else 0."""
+    from verify import grade_batch
+    eos = set(sampler.config.eos_token_id) | set(tok.eos_ids)
+    texts = [tok.decode([t for t in o.tokens if t not in eos]) for o in outs]
+    correct = grade_batch([(t, r.get("answers") or r["answer"]) for t, r in
+                           zip(texts, [r for r in recs for _ in range(n)])])
+    rewards = [float(c and (not require_think or "</think>" in t)) for c, t in zip(correct, texts)]
+    return texts, correct, rewards
+
+
 def rollout(sampler, tok, recs, cfg, seed, require_think):
     """Sample a group per record, grade it, and compute advantages. Returns one dict per sample."""
-    from verify import grade_batch
     prompts = [r["prompt_ids"] for r in recs]
     outs = generate(sampler, prompts, n=cfg.samples, max_new_tokens=cfg.ctx, temperature=cfg.temperature,
                     top_p=cfg.top_p, seed=seed, kv_budget=int(cfg.kv_budget_gb * 2**30) or None)
-    eos = set(sampler.config.eos_token_id) | set(tok.eos_ids)
-    texts = [tok.decode([t for t in o.tokens if t not in eos]) for o in outs]
-    answers = [r.get("answers") or r["answer"] for r in recs for _ in range(cfg.samples)]
     t0 = time.time()
-    correct = grade_batch(list(zip(texts, answers)))
+    texts, correct, rewards = judge(sampler, tok, outs, recs, cfg.samples, require_think)
     grade_s = time.time() - t0
-    rewards = torch.tensor([float(c and (not require_think or "</think>" in t)) for c, t in zip(correct, texts)])
+    rewards = torch.tensor(rewards)
     adv = grpo.group_advantages(rewards, cfg.samples, scale=cfg.scale_adv)
     seqs = [dict(prompt=prompts[i // cfg.samples], tokens=o.tokens, logprobs=o.logprobs, reward=float(rewards[i]),
                  correct=bool(correct[i]), adv=float(adv[i]), truncated=o.finish_reason == "length", text=texts[i],
@@ -277,16 +285,11 @@ def optimizer_step(model, opt, grad_clip: float):
 @torch.no_grad()
 def evaluate(sampler, tok, recs, cfg, require_think, rank, world, device):
     """Mean reward over eval_samples samples per held-out problem, gathered over ranks."""
-    from verify import grade_batch
     mine = shard(recs, rank, world)
     outs = generate(sampler, [r["prompt_ids"] for r in mine], n=cfg.eval_samples, max_new_tokens=cfg.ctx,
                     temperature=cfg.eval_temperature, top_p=cfg.eval_top_p, seed=cfg.seed)
-    eos = set(sampler.config.eos_token_id) | set(tok.eos_ids)
-    texts = [tok.decode([t for t in o.tokens if t not in eos]) for o in outs]
-    ok = grade_batch([(t, r.get("answers") or r["answer"]) for r, t in
-                      zip([r for r in mine for _ in range(cfg.eval_samples)], texts)])
-    good = sum(float(c and (not require_think or "</think>" in t)) for c, t in zip(ok, texts))
-    tot = all_sum(torch.tensor([good, len(ok)], dtype=torch.float64, device=device), world)
+    _, _, rewards = judge(sampler, tok, outs, mine, cfg.eval_samples, require_think)
+    tot = all_sum(torch.tensor([sum(rewards), len(rewards)], dtype=torch.float64, device=device), world)
     return float(tot[0] / max(1, tot[1]))
 
 
@@ -440,7 +443,7 @@ def main(argv=None):
     if state is not None:
         opt.load_state_dict(state["optimizer"])
 
-    before = None
+    before = after = None
     if eval_recs and start_step == 0:
         before = evaluate(sampler, tok, eval_recs, cfg, require_think, rank, world, device)
         print0(f"held-out accuracy before GRPO: {100 * before:.1f}%")
@@ -522,7 +525,7 @@ def main(argv=None):
             for s in seqs[:: max(1, len(seqs) // 2)][:2]:
                 print0(f"  [reward {s['reward']:.0f}] {tok.decode(s['prompt'])[-80:]!r} -> {s['text'][:300]!r}")
         if eval_recs and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
-            row["eval_accuracy"] = evaluate(sampler, tok, eval_recs, cfg, require_think, rank, world, device)
+            row["eval_accuracy"] = after = evaluate(sampler, tok, eval_recs, cfg, require_think, rank, world, device)
             print0(f"held-out accuracy at step {step + 1}: {100 * row['eval_accuracy']:.1f}%")
         if rank == 0:
             metrics_f.write(json.dumps(row) + "\n")
@@ -537,8 +540,7 @@ def main(argv=None):
                 print0(f"saved {save_checkpoint(model, opt, cfg, step + 1, data_pos, cfg.model)}")
             if world > 1:
                 dist.barrier()
-    if eval_recs and before is not None:
-        after = row["eval_accuracy"]
+    if before is not None and after is not None:
         print0(f"held-out accuracy: before GRPO {100 * before:.1f}%, after GRPO {100 * after:.1f}%")
     if world > 1:
         dist.destroy_process_group()
