@@ -6,6 +6,7 @@ stops ignored), and the ratio. Results go in BENCHMARKS.md.
     python bench.py --model /path/to/SmolLM2-135M-Instruct --batch 16 --new 256   # CPU target
     python bench.py --batch 16 --new 64    # CPU, the SmolLM2-135M shape with random weights
     python bench.py --train                # training fwd+bwd, 8,192 tokens, ours vs transformers
+    python bench.py --grpo                 # one whole train.py GRPO step: sampling/grading/training
 
 --gpu builds the DeepSeek-R1-Distill-Qwen-1.5B shape (R1_1P5B below, random weights, bf16)
 and runs: batch 64 and 256 with prompt 256 + 512 new (transformers, ours eager, ours with
@@ -211,12 +212,54 @@ def train_bench(device, seq_len: int = 8192, steps: int = 4):
           f"ratio {ours_tps / hf_tps:.2f}x", flush=True)
 
 
+def grpo_bench(device, prompts: int, samples: int, ctx: int):
+    """One whole GRPO step of train.py on one device, DeepScaleR's defaults at a smaller batch
+    and context: the R1-1.5B shape (random weights) with toy.py's R1-style tokenizer and digit
+    sums on a GPU, toy.py's tiny model on CPU. Random weights almost never sample the
+    end-of-sequence token, so every response runs to --grpo-ctx: the longest step this
+    setting can take. Prints its split between sampling, grading and training."""
+    import json
+    import os
+    import toy
+    import train
+    from data import Tokenizer
+    with tempfile.TemporaryDirectory() as tmp:
+        mdir, run = os.path.join(tmp, "model"), os.path.join(tmp, "run")
+        if device.type == "cuda":
+            toy.write_tokenizer(mdir)
+            cfg = ModelConfig(**dict(R1_1P5B, eos_token_id=[Tokenizer.from_pretrained(mdir).eos_id]))
+            torch.manual_seed(0)
+            with torch.device(device):
+                Transformer(cfg).to(torch.bfloat16).save_pretrained(mdir)
+            torch.cuda.empty_cache()
+        else:
+            toy.build_model_dir(mdir)
+        with open(os.path.join(tmp, "task.jsonl"), "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in toy.make_task(4 * prompts, seed=0))
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        train.main(["--model", mdir, "--data", os.path.join(tmp, "task.jsonl"), "--out", run, "--steps", "1",
+                    "--prompts-per-step", str(prompts), "--samples", str(samples), "--ctx", str(ctx),
+                    "--save-every", "0", "--eval-every", "0", "--show-every", "1000"])
+        r = json.loads(open(os.path.join(run, "metrics.jsonl")).readline())
+    peak = f", peak {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB allocated" if device.type == "cuda" else ""
+    parts = {k: r[k] for k in ("sample_s", "grade_s", "train_s")}
+    print(f"GRPO step, {prompts} prompts x {samples} samples, ctx {ctx}: {r['step_s']:.1f} s"
+          f" ({r['len_mean'] * prompts * samples:,.0f} response tokens, {r['tok_per_s']:,.0f} tok/s sampling) | "
+          + ", ".join(f"{k[:-2]} {v:.1f} s ({100 * v / r['step_s']:.0f}%)" for k, v in parts.items())
+          + f", other {r['step_s'] - sum(parts.values()):.1f} s{peak}", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gpu", action="store_true", help="the full GPU suite on the R1-1.5B shape (see above)")
     ap.add_argument("--train", action="store_true", help="training fwd+bwd on one 8,192-token sequence against "
                     "transformers (the R1-1.5B shape on a GPU, SmolLM2-135M's on CPU), then exit")
     ap.add_argument("--train-len", type=int, default=8192, help="with --train: tokens in the sequence")
+    ap.add_argument("--grpo", action="store_true", help="one whole GRPO step of train.py (see grpo_bench), then exit")
+    ap.add_argument("--grpo-prompts", type=int, default=None, help="with --grpo: prompts (default 32 GPU, 8 CPU)")
+    ap.add_argument("--grpo-samples", type=int, default=8, help="with --grpo: samples per prompt")
+    ap.add_argument("--grpo-ctx", type=int, default=None, help="with --grpo: response tokens (default 2048 GPU, 32 CPU)")
     ap.add_argument("--model", help="an HF folder to load instead of random weights")
     ap.add_argument("--batch", type=int, default=16, help="sequences decoded together (not with --gpu)")
     ap.add_argument("--prompt-len", type=int, default=32, help="prompt tokens per sequence (not with --gpu)")
@@ -231,10 +274,14 @@ def main():
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.train:
+    if args.train or args.grpo:
         dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        print(f"{datetime.date.today()} | {torch.cuda.get_device_name(dev) if dev.type == 'cuda' else 'CPU'} | "
+        gpu = dev.type == "cuda"
+        print(f"{datetime.date.today()} | {torch.cuda.get_device_name(dev) if gpu else 'CPU'} | "
               f"torch {torch.__version__}")
+        if args.grpo:
+            return grpo_bench(dev, args.grpo_prompts or (32 if gpu else 8), args.grpo_samples,
+                              args.grpo_ctx or (2048 if gpu else 32))
         return train_bench(dev, args.train_len)
     device = torch.device("cuda" if args.gpu else "cpu")
     if args.gpu and not torch.cuda.is_available():

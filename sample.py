@@ -5,7 +5,7 @@
     outs[i * 8 + j].tokens, .logprobs, .finish_reason      # prompt-major, len(prompts) * n
 
     python sample.py --model DIR --prompt "What is 7 * 8?"          # one chat reply, streamed
-    python sample.py --model DIR --data aime.jsonl --n 16 --temperature 0.6 --top-p 0.95 \\
+    python sample.py --model DIR --data aime.jsonl --samples 16 --temperature 0.6 --top-p 0.95 \\
         --max-new-tokens 32768 --out results.jsonl                  # pass@1 with a 95% CI, pass@k
     torchrun --nproc_per_node=8 sample.py --model DIR --data aime.jsonl ...   # problems sharded
 
@@ -406,6 +406,66 @@ def generate(model, prompts, n: int = 1, max_new_tokens: int = 256, temperature:
 
 # ----------------------------------------------------------------------------- evaluation
 
+def grade(tok, outs: list, refs: list, require_think: bool = False, workers: int = 4):
+    """DeepScaleR's reward for each completion against its reference (an answer, or a list of
+    equivalent forms): 1.0 when the last \\boxed{} answer equals the reference, and, with
+    require_think (R1 models), the reply also closed its reasoning with </think>; else 0.0.
+    Returns (texts, right, rewards): the decoded replies (stop token dropped), whether the
+    answer alone was right, and the rewards."""
+    from verify import grade_batch
+    texts = [tok.decode(o.tokens[:-1] if o.finish_reason == "stop" else o.tokens) for o in outs]
+    right = [bool(x) for x in grade_batch(list(zip(texts, refs)), workers=workers)]
+    rewards = [float(ok and (not require_think or "</think>" in t)) for ok, t in zip(right, texts)]
+    return texts, right, rewards
+
+
+def evaluate(model, tok, recs: list, n: int = 1, require_think: bool = False, template=None,
+             workers: int = 4, rank: int = 0, world: int = 1, progress: bool = False,
+             **gen_kw) -> tuple[list, dict]:
+    """DeepScaleR's evaluation protocol on records {problem, answer[, answers][, prompt_ids]}:
+    n samples per problem (gen_kw go to generate), each scored by grade(). Under a process
+    group each rank samples every world-th problem and the rows are gathered on every rank.
+
+    Returns (rows, summary): one row per problem, in recs order (its responses, correct flags,
+    lengths, finish reasons, pass@1), and summarize() of them plus tokens/s over all ranks.
+    progress prints a line with tokens/s and ETA to stderr every 10 s (rank 0)."""
+    from data import prompt_ids
+    if not recs:
+        raise ValueError("evaluate: no records")
+    mine = list(range(rank, len(recs), world))                  # data.shard's split
+    prompts = [recs[i].get("prompt_ids") or prompt_ids(tok, recs[i]["problem"], template) for i in mine]
+    total, done, ntok, t0 = len(prompts) * n, 0, 0, time.time()
+    last = t0
+
+    def report(s, new, fin):
+        nonlocal done, ntok, last
+        ntok += len(new)
+        done += fin is not None
+        now = time.time()
+        if progress and rank == 0 and now - last > 10:
+            print(f"[rank 0] {done}/{total} samples, {ntok:,} tokens, {ntok / (now - t0):,.0f} tok/s, "
+                  f"ETA {(now - t0) * (total - done) / max(done, 1) / 60:.1f} min", file=sys.stderr, flush=True)
+            last = now
+    outs = generate(model, prompts, n=n, callback=report, **gen_kw) if prompts else []
+    refs = [recs[i].get("answers") or recs[i]["answer"] for i in mine for _ in range(n)]
+    texts, _, rewards = grade(tok, outs, refs, require_think, workers)
+    rows = []
+    for j, i in enumerate(mine):
+        sl = slice(j * n, (j + 1) * n)
+        rows.append({"index": i, "problem": recs[i]["problem"], "answer": recs[i]["answer"],
+                     "pass@1": sum(rewards[sl]) / n, "correct": [r > 0 for r in rewards[sl]],
+                     "lengths": [len(o.tokens) for o in outs[sl]],
+                     "finish": [o.finish_reason for o in outs[sl]], "responses": texts[sl]})
+    if world > 1:
+        import torch.distributed as dist
+        parts = [None] * world
+        dist.all_gather_object(parts, rows)
+        rows = sorted((r for part in parts for r in part), key=lambda r: r["index"])
+    summary = summarize(rows, n)
+    summary["tokens_per_s"] = sum(sum(r["lengths"]) for r in rows) / max(1e-9, time.time() - t0)
+    return rows, summary
+
+
 def pass_at_k(n: int, c: int, k: int) -> float:
     """Unbiased pass@k from n samples with c correct: 1 - C(n-c, k) / C(n, k) (Chen et al. 2021)."""
     if n - c < k:
@@ -439,7 +499,9 @@ def main(argv=None):
     src.add_argument("--prompt", help="one user message: render the chat template, stream the reply")
     src.add_argument("--data", help="json/jsonl/parquet of {problem, answer}: DeepScaleR evaluation")
     ap.add_argument("--out", help="per-problem JSONL (with --data); a summary line goes to stdout")
-    ap.add_argument("--n", type=int, default=1, help="samples per problem (pass@1 averages over them)")
+    ap.add_argument("--samples", "--n", dest="n", type=int, default=1,
+                    help="samples per problem; pass@1 averages over them (under torchrun spell it --samples: "
+                         "torchrun takes --n for an abbreviation of its own flags)")
     ap.add_argument("--temperature", type=float, default=0.6, help="0 = greedy")
     ap.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
     ap.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = off)")
@@ -453,6 +515,8 @@ def main(argv=None):
     ap.add_argument("--dtype", choices=["bfloat16", "float32"], default=None,
                     help="default bfloat16 on GPU, float32 on CPU")
     ap.add_argument("--workers", type=int, default=4, help="grading processes (verify.grade_batch)")
+    ap.add_argument("--think", choices=["auto", "yes", "no"], default="auto",
+                    help="count a reply correct only if it closed </think> (auto: for the deepseek-r1 template)")
     ap.add_argument("--cuda-graphs", action="store_true", help="replay decode steps as CUDA graphs (GPU)")
     a = ap.parse_args(argv)
     from data import Tokenizer
@@ -489,46 +553,21 @@ def main(argv=None):
         print()
         return
 
-    from data import load_records, prompt_ids, shard
-    from verify import grade_batch
-    recs = load_records(a.data)
-    mine = shard(list(range(len(recs))), rank, world)        # this rank's share of the problems
-    prompts = [prompt_ids(tok, recs[i]["problem"], a.template) for i in mine]
-    total, done, ntok, t0, last = len(prompts) * a.n, 0, 0, time.time(), 0.0
-
-    def progress(s, new, fin):
-        nonlocal done, ntok, last
-        ntok += len(new)
-        done += fin is not None
-        now = time.time()
-        if rank == 0 and (now - last > 10 or done == total):
-            rate, left = ntok / (now - t0), (now - t0) * (total - done) / max(done, 1)
-            print(f"[rank 0] {done}/{total} samples, {ntok} tokens, {rate:,.0f} tok/s, "
-                  f"ETA {left / 60:.1f} min", file=sys.stderr, flush=True)
-            last = now
-    outs = generate(model, prompts, n=a.n, callback=progress, **kw)
-    texts = [tok.decode(o.tokens[:-1] if o.finish_reason == "stop" else o.tokens) for o in outs]
-    refs = [recs[mine[i // a.n]].get("answers") or recs[mine[i // a.n]]["answer"] for i in range(len(texts))]
-    ok = grade_batch(list(zip(texts, refs)), workers=a.workers)   # "answers": equivalent forms
-    rows = []
-    for j, i in enumerate(mine):
-        sl = slice(j * a.n, (j + 1) * a.n)
-        rows.append({"index": i, "problem": recs[i]["problem"], "answer": recs[i]["answer"],
-                     "correct": [bool(x) for x in ok[sl]], "lengths": [len(o.tokens) for o in outs[sl]],
-                     "finish": [o.finish_reason for o in outs[sl]], "responses": texts[sl]})
-    if world > 1:
-        gathered = [None] * world if rank == 0 else None
-        dist.gather_object(rows, gathered, dst=0)
-        rows = sorted((r for part in gathered or [] for r in part), key=lambda r: r["index"])
+    from data import DataError, load_records
+    try:
+        recs = load_records(a.data)
+    except (DataError, FileNotFoundError, ImportError) as e:
+        raise SystemExit(f"error: {e}") from None
+    think = a.think == "yes" or (a.think == "auto" and tok.chat_template == "deepseek-r1")
+    rows, summ = evaluate(model, tok, recs, n=a.n, require_think=think, template=a.template,
+                          workers=a.workers, rank=rank, world=world, progress=True, **kw)
     if rank == 0:
-        for r in rows:
-            r["pass@1"] = sum(r["correct"]) / a.n
         if a.out:
-            with open(a.out, "w") as f:
-                for r in rows:
-                    f.write(json.dumps(r) + "\n")
-        summ = summarize(rows, a.n)
-        summ.update(tokens_per_s=ntok * world / (time.time() - t0), model=a.model, data=a.data)
+            tmp = a.out + ".tmp"
+            with open(tmp, "w") as f:
+                f.writelines(json.dumps(r) + "\n" for r in rows)
+            os.replace(tmp, a.out)                          # never a half-written results file
+        summ.update(model=a.model, data=a.data, require_think=think)
         print(json.dumps(summ))
     if world > 1:
         dist.destroy_process_group()

@@ -36,7 +36,7 @@ import torch.distributed as dist
 import grpo
 from data import DataError, Tokenizer, dedupe, epoch_order, load_records, prompt_ids, shard
 from model import Transformer
-from sample import generate
+from sample import evaluate, generate, grade
 
 
 @dataclass
@@ -81,7 +81,7 @@ class Config:
     steps: int = 1000                # GRPO steps
     seed: int = 0
     # --- logging, evaluation, checkpoints
-    save_every: int = 50
+    save_every: int = 50             # checkpoint every this many steps and at the end; 0: never
     keep: int = 3                    # checkpoints kept (the newest)
     eval_every: int = 50             # 0: no evaluation
     eval_samples: int = 4            # samples per held-out problem
@@ -138,25 +138,14 @@ def print0(*args, **kw):
 
 # ----------------------------------------------------------------------------- rollouts
 
-def judge(sampler, tok, outs, recs, n, require_think):
-    """Decode completions (n per record, stop tokens dropped) and apply DeepScaleR's reward:
-    1 if the last boxed answer is right (and </think> is present, when required), else 0."""
-    from verify import grade_batch
-    eos = set(sampler.config.eos_token_id) | set(tok.eos_ids)
-    texts = [tok.decode([t for t in o.tokens if t not in eos]) for o in outs]
-    correct = grade_batch([(t, r.get("answers") or r["answer"]) for t, r in
-                           zip(texts, [r for r in recs for _ in range(n)])])
-    rewards = [float(c and (not require_think or "</think>" in t)) for c, t in zip(correct, texts)]
-    return texts, correct, rewards
-
-
 def rollout(sampler, tok, recs, cfg, seed, require_think):
     """Sample a group per record, grade it, and compute advantages. Returns one dict per sample."""
     prompts = [r["prompt_ids"] for r in recs]
     outs = generate(sampler, prompts, n=cfg.samples, max_new_tokens=cfg.ctx, temperature=cfg.temperature,
                     top_p=cfg.top_p, seed=seed, kv_budget=int(cfg.kv_budget_gb * 2**30) or None)
     t0 = time.time()
-    texts, correct, rewards = judge(sampler, tok, outs, recs, cfg.samples, require_think)
+    refs = [r.get("answers") or r["answer"] for r in recs for _ in range(cfg.samples)]
+    texts, correct, rewards = grade(tok, outs, refs, require_think)
     grade_s = time.time() - t0
     rewards = torch.tensor(rewards)
     adv = grpo.group_advantages(rewards, cfg.samples, scale=cfg.scale_adv)
@@ -283,14 +272,18 @@ def optimizer_step(model, opt, grad_clip: float):
 # ----------------------------------------------------------------------------- evaluation
 
 @torch.no_grad()
-def evaluate(sampler, tok, recs, cfg, require_think, rank, world, device):
-    """Mean reward over eval_samples samples per held-out problem, gathered over ranks."""
-    mine = shard(recs, rank, world)
-    outs = generate(sampler, [r["prompt_ids"] for r in mine], n=cfg.eval_samples, max_new_tokens=cfg.ctx,
-                    temperature=cfg.eval_temperature, top_p=cfg.eval_top_p, seed=cfg.seed)
-    _, _, rewards = judge(sampler, tok, outs, mine, cfg.eval_samples, require_think)
-    tot = all_sum(torch.tensor([sum(rewards), len(rewards)], dtype=torch.float64, device=device), world)
-    return float(tot[0] / max(1, tot[1]))
+def run_eval(sampler, tok, recs, cfg, require_think, rank, world) -> dict:
+    """sample.evaluate on the held-out set (every rank gets the summary): pass@1 with its 95% CI,
+    mean length, truncation rate."""
+    _, s = evaluate(sampler, tok, recs, n=cfg.eval_samples, require_think=require_think, rank=rank,
+                    world=world, max_new_tokens=cfg.ctx, temperature=cfg.eval_temperature,
+                    top_p=cfg.eval_top_p, seed=cfg.seed, kv_budget=int(cfg.kv_budget_gb * 2**30) or None)
+    return s
+
+
+def eval_line(s: dict) -> str:
+    return (f"{100 * s['pass@1']:.1f}% +- {100 * s['pass@1_ci95']:.1f} (pass@1 over {s['samples']} samples of "
+            f"{s['problems']} problems; mean length {s['mean_length']:.0f}, truncated {100 * s['truncated']:.0f}%)")
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -445,8 +438,9 @@ def main(argv=None):
 
     before = after = None
     if eval_recs and start_step == 0:
-        before = evaluate(sampler, tok, eval_recs, cfg, require_think, rank, world, device)
-        print0(f"held-out accuracy before GRPO: {100 * before:.1f}%")
+        s = run_eval(sampler, tok, eval_recs, cfg, require_think, rank, world)
+        before = s["pass@1"]
+        print0(f"held-out accuracy before GRPO: {eval_line(s)}")
 
     wandb_run = None
     if cfg.wandb and rank == 0:
@@ -525,8 +519,11 @@ def main(argv=None):
             for s in seqs[:: max(1, len(seqs) // 2)][:2]:
                 print0(f"  [reward {s['reward']:.0f}] {tok.decode(s['prompt'])[-80:]!r} -> {s['text'][:300]!r}")
         if eval_recs and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
-            row["eval_accuracy"] = after = evaluate(sampler, tok, eval_recs, cfg, require_think, rank, world, device)
-            print0(f"held-out accuracy at step {step + 1}: {100 * row['eval_accuracy']:.1f}%")
+            s = run_eval(sampler, tok, eval_recs, cfg, require_think, rank, world)
+            after = s["pass@1"]
+            row.update(eval_accuracy=after, eval_ci95=s["pass@1_ci95"], eval_len_mean=s["mean_length"],
+                       eval_truncated=s["truncated"])
+            print0(f"held-out accuracy at step {step + 1}: {eval_line(s)}")
         if rank == 0:
             metrics_f.write(json.dumps(row) + "\n")
             metrics_f.flush()
@@ -535,7 +532,7 @@ def main(argv=None):
         if bad >= cfg.max_bad_steps:
             raise SystemExit(f"stopping: {bad} steps in a row had a non-finite gradient (last step {step + 1}); "
                              "lower --lr or check the data")
-        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
+        if cfg.save_every and ((step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps):
             if rank == 0:
                 print0(f"saved {save_checkpoint(model, opt, cfg, step + 1, data_pos, cfg.model)}")
             if world > 1:

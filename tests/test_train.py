@@ -95,3 +95,13 @@ def test_config_defaults_are_deepscalers_8k_stage():
     assert (c.prompts_per_step, c.samples, c.temperature, c.top_p, c.lr, c.grad_clip, c.updates_per_step,
             c.clip_low, c.kl_coef, c.entropy_coef, c.loss_agg, c.ctx) == \
         (128, 8, 0.6, 1.0, 1e-6, 1.0, 2, 0.2, 0.001, 0.001, "token-mean", 8192)
+
+
+def test_bench_grpo_step_reports_its_split(tmp_path):
+    """`bench.py --grpo` on CPU (the toy model): one whole train.py step, split into its parts."""
+    r = run([sys.executable, str(REPO / "bench.py"), "--grpo", "--grpo-prompts", "4", "--grpo-samples", "2",
+             "--grpo-ctx", "8"], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    line = r.stdout.strip().splitlines()[-1]
+    assert re.match(r"GRPO step, 4 prompts x 2 samples, ctx 8: [\d.]+ s .* \| sample [\d.]+ s \(\d+%\), "
+                    r"grade [\d.]+ s \(\d+%\), train [\d.]+ s \(\d+%\), other", line), line
