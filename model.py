@@ -21,6 +21,7 @@ Each of these is refused by name when a config asks for it.
 import json
 import math
 import os
+import platform
 from dataclasses import dataclass, field, fields
 
 import torch
@@ -111,6 +112,30 @@ class ModelConfig:
 
 # ----------------------------------------------------------------------------- layers
 
+# x86 CPUs without bf16 dot-product instructions (AVX512-BF16 or AMX) run a bf16 matmul through
+# an emulation that was 4x slower, on a 2-core AVX2 EPYC, than upcasting both operands to fp32
+# and multiplying there. The arithmetic is the same (a bf16 matmul accumulates in fp32 and
+# rounds its output to bf16 either way; 99.99% of outputs were bit-identical, the rest one bf16
+# unit apart from summation order), so Linear takes the fp32 route on such CPUs.
+_SLOW_BF16_CPU = platform.machine().lower() in ("x86_64", "amd64") and not (
+    getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)()
+    or getattr(torch.cpu, "_is_amx_tile_supported", lambda: True)())
+
+
+class Linear(nn.Linear):
+    """nn.Linear (same parameters, same state-dict names) with the CPU bf16 route above, taken
+    without autograd only: in training its fp32 weight copies would be kept for backward."""
+
+    def forward(self, x):
+        if not (_SLOW_BF16_CPU and x.dtype == torch.bfloat16 and x.device.type == "cpu") or torch.is_grad_enabled():
+            return F.linear(x, self.weight, self.bias)
+        xf = x.float()
+        # Upcast ~1M weights (4 MiB) at a time, so each slice is multiplied while still in cache.
+        rows = max(1, 2**20 // self.in_features)
+        y = torch.cat([F.linear(xf, w.float()) for w in self.weight.split(rows)], dim=-1)
+        return (y if self.bias is None else y + self.bias.float()).to(torch.bfloat16)
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -179,10 +204,10 @@ class Attention(nn.Module):
         self.layer_idx = layer_idx
         self.n_heads, self.n_kv, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         qkv_bias, o_bias = cfg.attention_bias, cfg.attention_bias and cfg.model_type == "llama"
-        self.q_proj = nn.Linear(cfg.hidden_size, self.n_heads * self.head_dim, bias=qkv_bias)
-        self.k_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=qkv_bias)
-        self.v_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=qkv_bias)
-        self.o_proj = nn.Linear(self.n_heads * self.head_dim, cfg.hidden_size, bias=o_bias)
+        self.q_proj = Linear(cfg.hidden_size, self.n_heads * self.head_dim, bias=qkv_bias)
+        self.k_proj = Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=qkv_bias)
+        self.v_proj = Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=qkv_bias)
+        self.o_proj = Linear(self.n_heads * self.head_dim, cfg.hidden_size, bias=o_bias)
 
     def forward(self, x, cos, sin, cache=None, pack=None):
         B, T, _ = x.shape
@@ -215,9 +240,9 @@ class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         b = cfg.mlp_bias
-        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=b)
-        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=b)
-        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=b)
+        self.gate_proj = Linear(cfg.hidden_size, cfg.intermediate_size, bias=b)
+        self.up_proj = Linear(cfg.hidden_size, cfg.intermediate_size, bias=b)
+        self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, bias=b)
 
     def forward(self, x):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))  # SwiGLU
@@ -245,7 +270,7 @@ class Transformer(nn.Module):
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
         self.gradient_checkpointing = False  # recompute each layer in backward (training only)

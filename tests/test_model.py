@@ -271,3 +271,24 @@ print(sum(p.numel() * p.element_size() for p in m.parameters()), hwm() - base)
     weights, peak = map(int, out.split())
     print(f"{dtype}: weights {weights / 2**30:.2f} GiB, peak {peak / 2**30:.2f} GiB, ratio {peak / weights:.3f}")
     assert peak / weights < 1.3
+
+
+def test_cpu_bf16_linear_route_matches_bf16_matmul(monkeypatch):
+    """On CPUs with emulated bf16 (model._SLOW_BF16_CPU), inference Linear multiplies in fp32 in
+    weight slices: the fp32 product rounded to bf16, which is the bf16 matmul's result up to
+    summation order (one bf16 unit); with autograd on it is the plain path."""
+    import model
+    monkeypatch.setattr(model, "_SLOW_BF16_CPU", True)
+    torch.manual_seed(0)
+    lin = model.Linear(3000, 700, bias=True).to(torch.bfloat16)     # 3000 inputs: slices of 349 rows
+    x = torch.randn(5, 3, 3000).to(torch.bfloat16)
+    with torch.no_grad():
+        got = lin(x)
+        ref = torch.nn.functional.linear(x, lin.weight, lin.bias)
+        exact = (x.float() @ lin.weight.float().T + lin.bias.float()).to(torch.bfloat16)
+    assert got.dtype == torch.bfloat16 and got.shape == (5, 3, 700)
+    for want in (exact, ref):
+        torch.testing.assert_close(got.float(), want.float(), rtol=2**-7, atol=1e-2)
+    x.requires_grad_(True)
+    lin(x).sum().backward()                                          # training: F.linear, grads flow
+    assert x.grad is not None and x.grad.dtype == torch.bfloat16
