@@ -241,7 +241,7 @@ def test_cli_evaluation_under_torchrun_equals_one_process(tmp_path):
     toy.build_model_dir(str(tmp_path / "m"), layers=1, hidden=32)
     with open(tmp_path / "d.jsonl", "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in toy.make_task(5, seed=0))
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29541",
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
                         str(REPO / "sample.py"), "--model", "m", "--data", "d.jsonl", "--samples", "2", "--temperature",
                         "0", "--max-new-tokens", "8", "--out", "res.jsonl", "--workers", "1"], cwd=tmp_path,
                        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})

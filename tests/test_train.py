@@ -23,7 +23,7 @@ def test_two_process_ddp_step_equals_one_process(tmp_path):
     """2 gloo ranks (uneven micro-batch counts) == 1 process over all sequences; fp32, atol 1e-6."""
     one = run([sys.executable, str(REPO / "tests/ddp_step.py"), str(tmp_path / "one.pt")], tmp_path)
     assert one.returncode == 0, one.stderr
-    two = run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+    two = run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
                str(REPO / "tests/ddp_step.py"), str(tmp_path / "two.pt")], tmp_path)
     assert two.returncode == 0, two.stderr[-3000:]
     a, b = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
