@@ -73,7 +73,7 @@ class Config:
     seed: int = 0                # sampling seed; each call derives its own from it, its first problem and round
     workers: int = 4             # sympy grading processes (verify.grade_batch)
     template: str = ""           # chat template, deepseek-r1 or chatml; empty: the checkpoint's own
-    kv_gib: float = 0.0          # KV cache budget in GiB; 0: the sampler's default (60% of free GPU memory)
+    kv_gib: float = 0.0          # KV cache budget in GiB; 0: the sampler's default (60% of unused GPU memory)
     max_rows: int = 0            # cap on sequences decoded together; 0: as many as the KV budget holds
     cuda_graphs: bool = True     # replay decode steps as CUDA graphs (GPU only)
     skip_bad: bool = False       # drop input rows without problem or answer (listed) instead of stopping

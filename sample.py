@@ -156,9 +156,13 @@ def sample_tokens(logits, u, temperature: float, top_p: float, top_k: int):
 
 
 def _default_budget(device) -> int:
-    """KV bytes when none is given: 60% of free GPU memory, or 4 GiB on CPU."""
+    """KV bytes when none is given: 60% of the GPU memory not in use, or 4 GiB on CPU. Not in
+    use = free on the device + held by PyTorch's allocator but unoccupied (a previous call's
+    cache, a training step's activations): the driver counts the latter as taken, so in a
+    training loop the budget would otherwise shrink after the first step."""
     if device.type == "cuda":
-        return int(0.6 * torch.cuda.mem_get_info(device)[0])
+        idle = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(0.6 * (torch.cuda.mem_get_info(device)[0] + idle))
     return 4 * 2**30
 
 
@@ -511,7 +515,7 @@ def main(argv=None):
                     help="chat template: deepseek-r1 or chatml (default: the checkpoint's)")
     ap.add_argument("--max-rows", type=int, default=None, help="cap on rows decoded together")
     ap.add_argument("--kv-gib", type=float, default=None,
-                    help="KV cache budget in GiB (default 60%% of free GPU memory, 4 on CPU)")
+                    help="KV cache budget in GiB (default 60%% of unused GPU memory, 4 on CPU)")
     ap.add_argument("--dtype", choices=["bfloat16", "float32"], default=None,
                     help="default bfloat16 on GPU, float32 on CPU")
     ap.add_argument("--workers", type=int, default=4, help="grading processes (verify.grade_batch)")

@@ -293,3 +293,13 @@ def test_smollm2_greedy_equals_transformers():
         with torch.no_grad():
             ref = hf.generate(torch.tensor([p]), do_sample=False, max_new_tokens=64)[0, len(p):].tolist()
         assert o.tokens == ref
+
+
+def test_default_kv_budget_counts_the_allocators_idle_memory(monkeypatch):
+    """On a GPU the budget is 60% of free + reserved-but-unallocated memory (values faked here)."""
+    from sample import _default_budget
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda d: (10 * 2**30, 80 * 2**30))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda d: 50 * 2**30)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda d: 30 * 2**30)
+    assert _default_budget(torch.device("cuda", 0)) == int(0.6 * 30 * 2**30)
+    assert _default_budget(torch.device("cpu")) == 4 * 2**30
