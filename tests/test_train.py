@@ -36,25 +36,27 @@ TINY = ["--prompts-per-step", "8", "--samples", "4", "--sft-steps", "4", "--sft-
 
 
 def test_resume_is_exact(tmp_path):
-    """4 steps straight == 2 steps, then --resume auto for 2 more: identical weights and metrics."""
-    straight = run([sys.executable, str(REPO / "train.py"), *TINY, "--steps", "4", "--out", "a"], tmp_path)
+    """2 steps straight == 1 step, then --resume auto for 1 more: identical weights and metrics."""
+    keep1 = ["--keep", "1"]
+    straight = run([sys.executable, str(REPO / "train.py"), *TINY, *keep1, "--steps", "2", "--out", "a"], tmp_path)
     assert straight.returncode == 0, straight.stderr[-3000:]
-    first = run([sys.executable, str(REPO / "train.py"), *TINY, "--steps", "2", "--out", "b"], tmp_path)
+    first = run([sys.executable, str(REPO / "train.py"), *TINY, *keep1, "--steps", "1", "--out", "b"], tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
-    second = run([sys.executable, str(REPO / "train.py"), *TINY, "--steps", "4", "--out", "b", "--resume", "auto"],
-                 tmp_path)
+    second = run([sys.executable, str(REPO / "train.py"), *TINY, *keep1, "--steps", "2", "--out", "b",
+                  "--resume", "auto"], tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert "resuming from b/checkpoints/step_000002 at step 2" in second.stdout
+    assert "resuming from b/checkpoints/step_000001 at step 1" in second.stdout
     from safetensors.torch import load_file
-    wa = load_file(tmp_path / "a/checkpoints/step_000004/model.safetensors")
-    wb = load_file(tmp_path / "b/checkpoints/step_000004/model.safetensors")
+    wa = load_file(tmp_path / "a/checkpoints/step_000002/model.safetensors")
+    wb = load_file(tmp_path / "b/checkpoints/step_000002/model.safetensors")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     rows = lambda d: [json.loads(line) for line in open(tmp_path / d / "metrics.jsonl")]
     drop = ("sample_s", "grade_s", "train_s", "step_s", "tok_per_s")
     strip = lambda rs: [{k: v for k, v in r.items() if k not in drop} for r in rs]
-    assert strip(rows("a")) == strip(rows("b"))
-    # keep: only the newest 3 checkpoints remain, none half-written
-    assert sorted(os.listdir(tmp_path / "a/checkpoints")) == ["step_000002", "step_000003", "step_000004"]
+    assert strip(rows("a")) == strip(rows("b")) and len(rows("a")) == 2
+    # --keep 1: only the newest checkpoint remains, none half-written
+    assert os.listdir(tmp_path / "a/checkpoints") == ["step_000002"]
+    assert os.listdir(tmp_path / "b/checkpoints") == ["step_000002"]
 
 
 @pytest.mark.slow
