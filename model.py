@@ -214,12 +214,15 @@ class Attention(nn.Module):
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
         k = self.k_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)     # (B, Hkv, T, D)
         v = self.v_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        # Under autocast with fp32 weights, cos/sin are fp32 and would promote q, k (bf16 from
+        # the projections) to fp32; SDPA casts them back anyway, so do it before the copies.
+        q, k = apply_rope(q, cos, sin).to(v.dtype), apply_rope(k, cos, sin).to(v.dtype)
         # enable_gqa lets SDPA share each KV head across its query heads without copying K/V.
         gqa = self.n_kv != self.n_heads
         if cache is not None:
             # The cache stores the new K/V and returns what this step attends to, (B, Hkv, S, D),
-            # with a boolean mask (B, 1, T, S) (True = attend) that encodes causality and lengths.
+            # with a boolean mask (B, 1, T, S) (True = attend) that encodes causality and lengths,
+            # or None for plain causal attention over them (T == S: a prefill).
             k, v, mask = cache.update(self.layer_idx, k, v)
             if gqa and T == 1:
                 # Decode: fold each KV head's query heads into the query axis, (B, Hkv, H/Hkv, D).
@@ -228,7 +231,8 @@ class Attention(nn.Module):
                 y = F.scaled_dot_product_attention(q.reshape(B, self.n_kv, -1, self.head_dim), k, v,
                                                    attn_mask=mask).reshape(B, self.n_heads, 1, self.head_dim)
             else:
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                                                   enable_gqa=gqa)
         elif pack is not None:
             y = packed_attention(q, k, v, pack, gqa)
         else:

@@ -108,20 +108,20 @@ class KVCache:
 
 
 class _PrefillCache:
-    """Hands one prefill forward's K/V back per layer (G, Hkv, T, D), with a causal mask.
+    """Collects one prefill forward's K/V per layer (G, Hkv, T, D); attention is plain causal.
 
     Prompts are right-padded: padding follows each prompt's last token, so no real query
-    attends to it, and positions start at 0 for every prompt (no left-padding shift).
+    attends to it, and positions start at 0 for every prompt (no left-padding shift). No mask
+    is returned (None = causal), so SDPA can take a fused kernel that never builds (T, T).
     """
 
-    def __init__(self, T: int, device):
+    def __init__(self):
         self.k, self.v = [], []
-        self.mask = torch.ones(T, T, dtype=torch.bool, device=device).tril()[None, None]
 
     def update(self, layer, k, v):
         self.k.append(k)
         self.v.append(v)
-        return k, v, self.mask
+        return k, v, None
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -327,7 +327,7 @@ def generate(model, prompts, n: int = 1, max_new_tokens: int = 256, temperature:
             ids = torch.zeros(len(group), T, dtype=torch.long)
             for i, p in enumerate(group):
                 ids[i, :len(prompts[p])] = torch.tensor(prompts[p])
-            pc = _PrefillCache(T, device)
+            pc = _PrefillCache()
             pos = torch.arange(T, device=device).expand(len(group), T)
             h = model(ids.to(device), positions=pos, cache=pc, return_hidden=True)   # (G, T, C)
             # logits of each prompt's last token only, never of every prompt position

@@ -333,9 +333,9 @@ def main(argv=None):
     local = int(os.environ.get("LOCAL_RANK", 0))
     device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
     if world > 1:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         if device.type == "cuda":
-            torch.cuda.set_device(device)
+            torch.cuda.set_device(device)       # before NCCL starts, so it binds to this GPU
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     if cfg.prompts_per_step % world:
         raise SystemExit(f"--prompts-per-step {cfg.prompts_per_step} must divide evenly over {world} ranks")
     amp = cfg.amp and device.type == "cuda"
