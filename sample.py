@@ -156,13 +156,13 @@ def sample_tokens(logits, u, temperature: float, top_p: float, top_k: int):
 
 
 def _default_budget(device) -> int:
-    """KV bytes when none is given: 60% of the GPU memory not in use, or 4 GiB on CPU. Not in
-    use = free on the device + held by PyTorch's allocator but unoccupied (a previous call's
-    cache, a training step's activations): the driver counts the latter as taken, so in a
-    training loop the budget would otherwise shrink after the first step."""
+    """KV bytes when none is given: 60% of the free GPU memory, or 4 GiB on CPU. Blocks PyTorch's
+    allocator holds unoccupied (a training step's activations, a previous call's cache) count as
+    taken to the driver; they are handed back first, so inside a training loop the budget does
+    not shrink after the first step, and the KV cache gets contiguous memory."""
     if device.type == "cuda":
-        idle = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-        return int(0.6 * (torch.cuda.mem_get_info(device)[0] + idle))
+        torch.cuda.empty_cache()
+        return int(0.6 * torch.cuda.mem_get_info(device)[0])
     return 4 * 2**30
 
 

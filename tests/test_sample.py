@@ -296,11 +296,12 @@ def test_smollm2_greedy_equals_transformers():
         assert o.tokens == ref
 
 
-def test_default_kv_budget_counts_the_allocators_idle_memory(monkeypatch):
-    """On a GPU the budget is 60% of free + reserved-but-unallocated memory (values faked here)."""
+def test_default_kv_budget_frees_the_allocators_cache_first(monkeypatch):
+    """On a GPU the budget is 60% of free memory, read after the allocator's cache is handed
+    back (the device is faked here: the order of the two calls is what matters)."""
     from sample import _default_budget
-    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda d: (10 * 2**30, 80 * 2**30))
-    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda d: 50 * 2**30)
-    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda d: 30 * 2**30)
+    free = [10 * 2**30]
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: free.__setitem__(0, 30 * 2**30))
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda d: (free[0], 80 * 2**30))
     assert _default_budget(torch.device("cuda", 0)) == int(0.6 * 30 * 2**30)
     assert _default_budget(torch.device("cpu")) == 4 * 2**30
