@@ -19,6 +19,8 @@ Left out: prefill-only and latency benchmarks, other models, multi-GPU.
 """
 import argparse
 import datetime
+import json
+import os
 import tempfile
 import time
 
@@ -222,8 +224,6 @@ def grpo_bench(device, prompts: int, samples: int, ctx: int):
     sums on a GPU, toy.py's tiny model on CPU. Random weights almost never sample the
     end-of-sequence token, so every response runs to --grpo-ctx: the longest step this
     setting can take. Prints its split between sampling, grading and training."""
-    import json
-    import os
     import toy
     import train
     from data import Tokenizer

@@ -55,7 +55,7 @@ import torch
 from data import DataError, Tokenizer, dedupe, load_records, prompt_ids, shard
 from model import Transformer
 from sample import generate
-from verify import grade_batch
+from verify import grade_batch, reward_of
 
 
 @dataclass
@@ -214,7 +214,7 @@ def polish(model, tok, recs, ids, todo, cfg, floor, part, show) -> dict:
         s = state.setdefault(p, dict(samples=0, correct=0, cands=[]))
         for x, n, fin, c in zip(texts, lengths, fins, ok):
             s["samples"] += 1
-            c = c and (not think or "</think>" in x)    # train.py's reward: no </think>, no credit
+            c = bool(reward_of(c, x, think))            # train.py's reward: no </think>, no credit
             s["correct"] += c
             if c and fin == "stop" and n >= floor:
                 s["cands"].append((score(x, n), n, x))

@@ -416,10 +416,10 @@ def grade(tok, outs: list, refs: list, require_think: bool = False, workers: int
     require_think (R1 models), the reply also closed its reasoning with </think>; else 0.0.
     Returns (texts, right, rewards): the decoded replies (stop token dropped), whether the
     answer alone was right, and the rewards."""
-    from verify import grade_batch
+    from verify import grade_batch, reward_of
     texts = [tok.decode(o.tokens[:-1] if o.finish_reason == "stop" else o.tokens) for o in outs]
     right = [bool(x) for x in grade_batch(list(zip(texts, refs)), workers=workers)]
-    rewards = [float(ok and (not require_think or "</think>" in t)) for ok, t in zip(right, texts)]
+    rewards = [reward_of(ok, t, require_think) for ok, t in zip(right, texts)]
     return texts, right, rewards
 
 

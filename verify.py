@@ -562,9 +562,14 @@ def grade(response: str, answer, timeout: float = TIMEOUT) -> bool:
     """True when the last box of response equals answer (rules in the module docstring)."""
     return explain(response, answer, timeout)["correct"]
 
+def reward_of(correct: bool, response: str, require_think: bool = False) -> float:
+    """DeepScaleR's rule, given the grade: 1.0 if the answer is right and, when required (R1
+    models), the response closed its reasoning with </think>; else 0.0."""
+    return 1.0 if correct and (not require_think or "</think>" in response) else 0.0
+
 def reward(response: str, answer, require_think: bool = False, timeout: float = TIMEOUT) -> float:
-    """DeepScaleR's rule: 1.0 if the answer is right (and </think> is present, when required)."""
-    return 1.0 if (not require_think or "</think>" in response) and grade(response, answer, timeout) else 0.0
+    """reward_of(grade(response, answer), response, require_think)."""
+    return reward_of(grade(response, answer, timeout), response, require_think)
 
 def grade_batch(pairs, workers: int | None = None, timeout: float = TIMEOUT) -> list:
     """grade() for many (response, answer) pairs: string work here, sympy jobs on `workers` processes."""
