@@ -3,6 +3,7 @@ r"""verify.py: grade a model's final answer against a reference: right, fast, an
     python verify.py --answer '\frac12' --response '... \boxed{0.5}'   # verdict and why
     python verify.py FILE.jsonl [--workers 4] [--timeout 5]            # {response, answer} lines
     from verify import grade, reward, grade_batch
+    grade(response, answer, problem=text)   # the problem's text maps a bare choice letter
 
 The answer is the last complete \boxed{..} / \fbox{..} / `\boxed 5` (after </think> if present;
 no box, an unclosed last box or an empty one is no answer). One normaliser serves both sides.
@@ -10,9 +11,13 @@ The reference picks the comparison: choice letter, text, union, set/list (order 
 interval/tuple (ordered, bracket types), matrix, base-n, ratio, equation (lhs - rhs
 proportional), inequality, scalar. Our own small LaTeX parser reads scalars as exact Fractions
 in this process; whatever needs sympy (radicals, pi, symbols) runs in a worker process that is
-killed and replaced past the timeout (select() on a pipe: any thread, no signals). Caps on
-length, nesting, exponent bits and n! apply before anything is evaluated. Timeouts and errors
-are "not correct", counted in STATS and logged.
+killed and replaced past the timeout (select() on a pipe: any thread, no signals). A cost
+model refuses, before computing it, whatever is too big to compute here (the MAX_* caps below,
+each with its measured cost): long text, deep nesting, exact values past MAX_BITS bits however
+they are written (1e-999999999, 10^{10^9}, 5000 digits, n!), \pm chains past the list cap.
+Timeouts and errors are "not correct", counted in STATS and logged; no exception leaves
+grade(), reward(), grade_batch() or explain(). The file mode of the CLI reports bad lines by
+number, grades the others and ends with a summary.
 
 Policies:
 - Decimals are exact: 0.333 != 1/3.
@@ -27,7 +32,15 @@ Policies:
 - A column or row vector equals the tuple of its entries.
 - Two irrational values equal to 50 digits are equal; a rational against an irrational needs
   a sympy proof.
-- A reference that does not parse is reported (STATS['bad_reference']) and never matches.
+- A reference that does not parse is reported (STATS['bad_reference']) and never matches;
+  None is no reference (not the text "None").
+- A decorated choice, "(C) 28", "\textbf{(C)}\ 28", "C) 28", "(C): 28", "28 (C)", is its
+  value against a value reference and its letter against a letter reference. A bare letter
+  against a value reference is wrong, unless the problem's text is given and lists choices
+  "(A) .. (B) ..": then the letter stands for the value listed for it.
+- Several boxes that all equal a single reference are that value written in several forms
+  ("\boxed{15\frac{39}{40}}, or \boxed{\frac{639}{40}}"), not a hedge.
+- Values too big to compute are not correct, except an answer identical to its reference.
 
 Left out: unit conversion, approximate answers ("to two significant figures"), \log as base 10
 (it is the natural log), Windows (the workers use select() on pipes).
@@ -53,12 +66,26 @@ from functools import lru_cache
 log = logging.getLogger("verify")
 STATS: Counter = Counter()   # timeout, error, bad_reference, worker_died, too_long
 TIMEOUT = 5.0                # seconds of sympy work per (reference, answer) pair
-MAX_RAW = 10_000             # characters of an extracted box
-MAX_LEN = 1_000              # characters of a normal form
-MAX_DEPTH = 40               # bracket nesting
-MAX_BITS = 1 << 16           # bits of an exact power
-MAX_FACT = 1_000             # largest n in n! and binomials
-MAX_ITEMS = 40               # items of a list or set
+# Caps: what is past them is refused ("too big", never correct) before it is computed. The
+# costs are measured on one core of the 2-core development VM (Python 3, CPython ints).
+MAX_RAW = 10_000             # characters of an extracted box; normalising 10,000 hostile
+#                              characters takes <= ~0.2 s (1,400 nested \text{} wrappers)
+MAX_LEN = 1_000              # characters of a normal form: every parse, split and list
+#                              comparison works on at most this much text
+MAX_DEPTH = 40               # bracket nesting; recursion stays far from Python's limit
+MAX_BITS = 1 << 16           # bits of any exact value (numerator or denominator): a product
+#                              of two 65,536-bit Fractions takes ~7 ms, a sum ~5 ms, and the
+#                              cost grows 4x per doubling (gcd); 1e-16384 or 10^{16384} fit
+MAX_WORK = 1 << 20           # bits of exact results per comparison: at most ~16 operations
+#                              at MAX_BITS, ~0.1 s; a real answer uses a few hundred bits
+MAX_FACT = 5_000             # largest n in n! and binomials: 5000! (54,233 bits) takes 0.4 ms
+MAX_ITEMS = 40               # items of a list or set: 40 x 40 pairwise comparisons at most;
+#                              so a \pm chain expands only up to 5 signs (2^5 = 32 items),
+#                              where 18 signs took 4.9 s and 20 over 60 s
+UNIT_REACH = 200             # characters at the end of an answer searched for a unit phrase:
+#                              ~1 ms a search however hostile the text
+MAX_EXP_DIGITS = 9           # digits of an exponent written in e-notation; more is refused
+#                              without reading it (any such exponent is past MAX_BITS)
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _MOD = os.path.basename(__file__).rsplit(".", 1)[0]
 
@@ -90,16 +117,12 @@ def _match(s: str, i: int, step: int = 1) -> int:
 
 
 def _last_box(s: str):
-    """The match of the last \\boxed / \\fbox that is a command (not \\boxedfoo), or None."""
-    last = len(s)
-    while last >= 0:
-        last = max(s.rfind("\\boxed", 0, last), s.rfind("\\fbox", 0, last))
-        if last < 0:
-            return None
-        m = _BOXCMD.match(s, last)
-        if m:
-            return m
-    return None
+    """The match of the last \\boxed / \\fbox that is a command (not \\boxedfoo), or None.
+    One forward scan: looking back with rfind() from each \\boxedfoo would be quadratic."""
+    m = None
+    for m in _BOXCMD.finditer(s):
+        pass
+    return m
 
 
 def _boxes_before(s: str, start: int, first: str) -> list:
@@ -149,10 +172,10 @@ _UNICODE = str.maketrans({
     "\u00bd": "\\frac{1}{2}", "\u00bc": "\\frac{1}{4}", "\u00be": "\\frac{3}{4}",
     "\u00a0": " ", "\u2009": " ", "\u202f": " ", "\u2205": "\\emptyset "})
 _REPLACE = [
-    ("\\$", " "), ("$", " "), ("\\%", " "), ("%", " "), ("\\qquad", " "), ("\\quad", " "),
-    ("~", " "), ("{,}", ","), ("\\{", "{"), ("\\}", "}"), ("\\langle", "("), ("\\rangle", ")"),
-    ("\\lt", "<"), ("\\gt", ">"), ("\\mathbb{R}", "(-\\infty,\\infty)"),
-    ("\\varnothing", "\\emptyset")]
+    ("\\textdollar", " "), ("\\$", " "), ("$", " "), ("\\%", " "), ("%", " "), ("\\qquad", " "),
+    ("\\quad", " "), ("~", " "), ("{-}", "-"), ("{,}", ","), ("\\{", "{"), ("\\}", "}"),
+    ("\\langle", "("), ("\\rangle", ")"), ("\\lt", "<"), ("\\gt", ">"),
+    ("\\mathbb{R}", "(-\\infty,\\infty)"), ("\\varnothing", "\\emptyset")]
 # a text-like wrapper around brace-free content: "\text{ cm}", "\mathbf{5}", "\boxed{3}"
 _WRAP = re.compile(
     r"\\(?:text|textbf|textit|textrm|textnormal|mathrm|mathbf|mathit|mbox|boxed|fbox|overline"
@@ -178,8 +201,11 @@ def _unit(m: re.Match) -> str:
 
 
 def _repeating(m: re.Match) -> str:
-    """0.1\\overline{6} as a fraction: (16 - 1) / 90."""
+    """0.1\\overline{6} as a fraction: (16 - 1) / 90. Past MAX_LEN digits the fraction could
+    not be a normal form anyway, so the text stays as it is (and is refused as too long)."""
     whole, head, period = m[1], m[2], m[3]
+    if len(whole) + len(head) + len(period) > MAX_LEN:
+        return m[0]
     numerator = int(whole + head + period) - int(whole + head or 0)
     denominator = 10 ** len(head) * (10 ** len(period) - 1)
     return "\\frac{%d}{%d}" % (numerator, denominator)
@@ -191,7 +217,10 @@ def _primes(m: re.Match) -> str:
 
 
 def _mixed(m: re.Match) -> str:
-    """3\\frac12 -> (3+\\frac{1}{2}) when it is a mixed number (proper fraction)."""
+    """3\\frac12 -> (3+\\frac{1}{2}) when it is a mixed number (proper fraction). Digit runs
+    past MAX_LEN are left as they are: int() refuses strings of over 4,300 digits."""
+    if len(m[2]) > MAX_LEN or len(m[3]) > MAX_LEN:
+        return m[0]
     if 0 < int(m[2]) < int(m[3]):
         return "(%s+\\frac{%s}{%s})" % m.groups()
     return m[0]
@@ -208,6 +237,10 @@ _BEFORE = [(re.compile(p), r) for p, r in [
     # spacing and sizing commands: "\,", "\!", "\displaystyle", "\bigl", "\left(", "\right."
     (r"(?<!\\)\\(?:[,;:!> ]|displaystyle|textstyle|[Bb]igg?[lr]?)(?![a-zA-Z])\s*"
      r"|\\(?:left|right)(?:\.|(?![a-zA-Z]))", ""),
+    # a control space before a letter, which the pattern above leaves: "\textbf{(C)}\ h"
+    (r"(?<!\\)\\ (?=[a-zA-Z])", " "),
+    # horizontal space: "\hspace{.05in}"
+    (r"\\hspace\*?\s*\{[^{}]*\}", " "),
     # "\dfrac", "\tbinom" -> "\frac", "\binom"
     (r"\\[dtc](frac|binom)", r"\\\1"),
     # ordinal suffixes: "11^{\text{th}}"
@@ -215,8 +248,8 @@ _BEFORE = [(re.compile(p), r) for p, r in [
     # degrees inside a trig function become radians: "\sin 30^\circ" -> "\sin(30\pi/180)"
     (r"\\(sin|cos|tan|cot|sec|csc)\s*\(?\s*(-?\d+(?:\.\d+)?)\s*\^\s*\{?\s*\\circ\s*\}?\s*\)?",
      r"\\\1(\2\\pi/180)"),
-    # repeating decimals: "0.1\overline{6}"
-    (r"(\d*)\.(\d*)\\overline\{(\d+)\}", _repeating),
+    # repeating decimals: "0.1\overline{6}" (only from the start of a digit run: linear time)
+    (r"(?<!\d)(\d*)\.(\d*)\\overline\{(\d+)\}", _repeating),
     # degree signs elsewhere are dropped: "30^{\circ}", "90^\circ C", "\degree"
     (r"(?:\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\circ|\\degree)\s*(?:\\?[CF](?![A-Za-z]))?", " "),
     # a unit in \text after a value, at the end: "10\text{ m}", "4\mbox{ cm}^2"
@@ -248,24 +281,49 @@ _AFTER = [(re.compile(p), r) for p, r in [
     (r"\\(frac|sqrt)\s*([0-9a-zA-Z])", r"\\\1{\2}"),
     # the second argument too: "\frac{1}2" -> "\frac{1}{2}"
     (r"(\\frac\{[^{}]*\})\s*([0-9a-zA-Z])", r"\1{\2}"),
-    # mixed numbers: "3\frac{1}{2}" -> "(3+\frac{1}{2})"
-    (r"(?<![\w.^_}\\])(\d+)\s*\\frac\{(\d+)\}\{(\d+)\}", _mixed),
+    # mixed numbers: "3\frac{1}{2}", "22\frac {1}{2}" -> "(3+\frac{1}{2})"
+    (r"(?<![\w.^_}\\])(\d+)\s*\\frac\s*\{(\d+)\}\s*\{(\d+)\}", _mixed),
     # a letter x as times before a power of ten: "6.02 x 10^{23}"
     (r"(?<=\d)\s*[xX]\s*(?=10\s*\^)", "\\\\times "),
     # thousands separators: "1,000,000" (not a list "1, 000" or a tuple "(1,000)")
     (r"(?<![\d.,(\[])\d{1,3}(?:,\d{3})+(?![\d,]|\.\d*,|\s*[)\]])", _no_commas),
     # empty braces are the empty set: "{ }"
     (r"^\{\s*\}\Z", "\\\\emptyset")]]
-# runs of white space
+# runs of white space: "  ", " \n "
 _SPACES = re.compile(r"\s+")
+_SPACE_RUNS = re.compile(r"(\s)\s+")
+
+
+def _drop_unit(s: str) -> str:
+    """s without its trailing unit phrase, if it has one. The phrase is looked for in the last
+    UNIT_REACH characters only: the search is quadratic in the length it scans (9,000
+    characters of "a.a.a..." took 2.8 s), and no unit phrase is that long."""
+    m = _UNIT_TAIL.search(s, max(0, len(s) - UNIT_REACH))
+    if not m:
+        return s
+    return s[:m.start()] + _unit(m) + s[m.end():]
+
+
+def normalize(s: str) -> str:
+    """One normal form for references and answers alike (a LaTeX-ish string)."""
+    if len(s) > 500:   # long strings are rare; caching them would hold megabytes
+        return _normalize(s)
+    return _normalize_cached(s)
 
 
 @lru_cache(maxsize=65536)
-def normalize(s: str) -> str:
-    """One normal form for references and answers alike (a LaTeX-ish string)."""
+def _normalize_cached(s: str) -> str:
+    return _normalize(s)
+
+
+def _normalize(s: str) -> str:
+    """normalize() without the cache."""
     s = s.strip().translate(_UNICODE)
     for a, b in _REPLACE:
         s = s.replace(a, b)
+    # a run of white space as its first character: several patterns below start with \s* and
+    # may start anywhere in a run, which is quadratic (8,500 spaces took 0.25 s)
+    s = _SPACE_RUNS.sub(r"\1", s)
     for p, r in _BEFORE:
         s = p.sub(r, s)
     while True:   # \text{..} and friends, innermost first
@@ -275,7 +333,7 @@ def normalize(s: str) -> str:
         s = t
     s = _SPACES.sub(" ", s).strip().rstrip(".,;\\ ").strip()
     while True:   # whole trailing unit words only, until none is left (never to nothing)
-        t = _UNIT_TAIL.sub(_unit, s).strip()
+        t = _drop_unit(s).strip()
         if t == s or not t:
             break
         s = t
@@ -322,6 +380,8 @@ _TOKEN = re.compile(
     # 6 letter symbol: "x", "a_1", "f'"
     r"|([a-zA-Z]" + _SUB + "))")
 _NUMBER, _SYMCMD, _COMMAND, _OPERATOR, _FUNCWORD, _LETTER = range(1, 7)
+# a number token's parts: "12.5e-3" -> "12", "5", "-3"
+_DECIMAL = re.compile(r"(\d*)\.?(\d*)(?:[eE]([-+]?\d+))?")
 _ATOMS = _FUNCS | {"frac", "sqrt", "pi", "infty", "binom", "lfloor", "lceil"}
 _CLOSING = {"(": ")", "[": "]", "{": "}", "|": "|"}
 
@@ -356,6 +416,7 @@ class _Parser:
         return t
 
     def expr(self):
+        """Sums and differences."""
         v = self.term()
         while self.peek() in ("+", "-"):
             sign = self.eat()
@@ -487,9 +548,18 @@ class _Parser:
         return v if power is None else B.pow(v, power)
 
 
-def _cap(ok: bool, what) -> None:
-    if not ok:
-        raise _Big(f"{what} is past the size caps")
+def _short(x) -> str:
+    """x for a message: str() of a number with thousands of digits is slow, and past 4,300
+    digits it raises ValueError."""
+    q = _rational(x)
+    if q is not None and _bits(q) > 256:
+        return f"<a number of {_bits(q)} bits>"
+    return str(x)
+
+
+def _bits(q: Fraction) -> int:
+    """The size of an exact value: bits of its numerator or denominator, whichever is larger."""
+    return max(q.numerator.bit_length(), q.denominator.bit_length())
 
 
 def _is_int(x) -> bool:
@@ -503,7 +573,7 @@ def _rational(x) -> Fraction | None:
     """A rational value (Fraction or sympy Rational) as a Fraction, else None."""
     if isinstance(x, Fraction):
         return x
-    if x.is_Rational:
+    if getattr(x, "is_Rational", False):
         return Fraction(int(x.p), int(x.q))
     return None
 
@@ -517,6 +587,13 @@ class _Ops:
 
     def __init__(self, sp=None):
         self.sp = sp
+        self.work = 0   # bits of the exact values computed so far, against MAX_WORK
+
+    def charge(self, bits, what: str) -> None:
+        """Account for an exact result of up to `bits` bits, or refuse it before it is computed."""
+        if bits > MAX_BITS or self.work + bits > MAX_WORK:
+            raise _Big(f"{what} is past the size caps")
+        self.work += int(bits)
 
     def S(self, *xs):
         """Lift values to sympy."""
@@ -532,6 +609,13 @@ class _Ops:
         return g(*xs) if xs else g
 
     def num(self, t):
+        """A number token: 12, 0.5, 6.02e23. Its size is known from its digits and exponent
+        (about 4 bits a decimal digit, as for 10^n) before Fraction() builds 10^n."""
+        m = _DECIMAL.fullmatch(t)
+        if len(m[3] or "") > MAX_EXP_DIGITS:
+            raise _Big(f"the exponent of {t[:30]} is past the size caps")
+        digits = len(m[1]) + len(m[2]) + abs(int(m[3] or 0))
+        self.charge(4 * digits, f"the number {t[:30]}")
         return Fraction(t)
 
     def const(self, n):
@@ -543,6 +627,7 @@ class _Ops:
 
     def op(self, f, a, b):
         if isinstance(a, Fraction) and isinstance(b, Fraction):
+            self.charge(_bits(a) + _bits(b) + 1, "an exact result")
             return f(a, b)
         return f(*self.S(a, b))
 
@@ -561,27 +646,34 @@ class _Ops:
         return self.op(operator.truediv, a, b)
 
     def pow(self, a, b):
+        """a^b, exact for a rational base and an integer exponent; sizes checked first."""
         e = _rational(b)
         if e is not None and a not in (0, 1, -1) and (isinstance(a, Fraction) or a.is_number):
             # 10^{10^{10}}: refused before computing
             q = _rational(a)
-            bits = 64
-            if q is not None:
-                bits = max(q.numerator.bit_length(), q.denominator.bit_length())
-            _cap(abs(e) * bits <= MAX_BITS, f"a power with exponent {e}")
+            bits = 64 if q is None else _bits(q)
+            if abs(e) * bits > MAX_BITS:
+                raise _Big(f"a power with exponent {_short(e)} is past the size caps")
         if isinstance(a, Fraction) and isinstance(b, Fraction) and b.denominator == 1:
+            if a not in (0, 1, -1):
+                self.charge(abs(b.numerator) * _bits(a), "a power")
             return a ** b
         return operator.pow(*self.S(a, b))
 
     def fact(self, a):
-        _cap(not _is_int(a) or 0 <= a <= MAX_FACT, f"{a}!")
+        """a!, exact for a small non-negative integer."""
+        if _is_int(a) and not 0 <= a <= MAX_FACT:
+            raise _Big(f"{_short(a)}! is past the size caps")
         if isinstance(a, Fraction) and _is_int(a):
+            # n! has about log2(n!) = lgamma(n + 1) / ln 2 bits
+            self.charge(math.lgamma(int(a) + 1) / math.log(2), f"{a}!")
             return Fraction(math.factorial(int(a)))
         return self.call("factorial", a)
 
     def binom(self, a, b):
         """Rare in answers: sympy only."""
-        _cap(not _is_int(a) or a <= MAX_FACT, f"binomial of {a}")
+        if _is_int(a) and a > MAX_FACT:
+            raise _Big(f"binomial of {_short(a)} is past the size caps")
         return self.call("binomial", a, b)
 
     def fn(self, f, x):
@@ -667,6 +759,46 @@ _COMMAND_WORD = re.compile(r"\\[a-zA-Z]+")
 _LETTERS = re.compile("[a-zA-Z]")
 
 
+# a choice letter before its value, after normalisation: "(C) 28", "(C): 28", "C) 28", "(C)"
+_LETTER_FIRST = re.compile(r"\(?([A-E])\)\s*:?\s*(.*)", re.S)
+# a value, then its choice letter: "40 (B)" (from "40\textbf{ (B)}"), but not "x = (B)";
+# or an arrow to the letter: "115 \Rightarrow (D)", "100 \Longrightarrow A"
+_LETTER_LAST = re.compile(r"(.*?[^=<>\s])(?:\s+\(([A-E])\)"
+                          r"|\s*\\(?:Longrightarrow|Rightarrow|implies)\s*\(?([A-E])\)?)", re.S)
+# a bare choice letter: "C"
+_BARE_LETTER = re.compile(r"[A-E]")
+# a choice marker in a problem's text: "(A)" in "\textbf{(A)}\ 24 \qquad \textbf{(B)}\ 25"
+_CHOICE_MARK = re.compile(r"\(([A-E])\)")
+
+
+def _decoration(a: str) -> tuple[str | None, str | None]:
+    """(letter, value) of an answer written as a choice: '(C) 28' -> ('C', '28'), '40 (B)' ->
+    ('B', '40'), 'C' -> ('C', None); (None, None) for any other answer."""
+    if m := _LETTER_FIRST.fullmatch(a):
+        return m[1], m[2].strip() or None
+    if m := _LETTER_LAST.fullmatch(a):
+        return m[2] or m[3], m[1].strip()
+    if _BARE_LETTER.fullmatch(a):
+        return a, None
+    return None, None
+
+
+@lru_cache(maxsize=4096)   # a problem is graded once per sample, n samples per prompt
+def _choices(problem: str) -> dict | None:
+    """The answer choices a problem lists, letter -> normal form, or None if it lists none:
+    the last "(A)" starts them and "(B)", "(C)"... follow in order."""
+    start = problem.rfind("(A)")
+    if start < 0:
+        return None
+    # from the start of the line or $...$ that holds them, so that wrappers stay whole
+    begin = max(problem.rfind("$", 0, start), problem.rfind("\n", 0, start), 0)
+    parts = _CHOICE_MARK.split(normalize(problem[begin:begin + MAX_RAW]))
+    letters, values = parts[1::2], parts[2::2]
+    if len(letters) < 2 or letters != list("ABCDE"[:len(letters)]):
+        return None
+    return {k: normalize(v.strip().rstrip(".,;")) for k, v in zip(letters, values)}
+
+
 def _choice(s: str) -> str | None:
     """The letter of a decorated choice: C, (C), (C) 42, c."""
     m = _CHOICE.match(s)
@@ -716,6 +848,10 @@ def _items(s: str) -> list:
     items = [p for p in _split(s, _LIST)[0] if p]
     for p in items:
         first = _rhs(p) if len(items) > 1 or _PM_ANY.search(p) else p
+        # n signs expand to 2^n items: refuse before expanding what cannot fit the list cap
+        signs = len(_PM.findall(first))
+        if signs > MAX_ITEMS.bit_length() or len(out) + 2 ** signs > MAX_ITEMS + 1:
+            raise _Big("list length")
         todo = [first]
         while todo and len(out) <= MAX_ITEMS:
             q = todo.pop(0)
@@ -785,9 +921,10 @@ class _Cmp:
     """Typed comparison of two normal forms; without sympy (sp=None) it raises _NeedSympy where
     needed. `why` lists what decided, in order."""
 
-    def __init__(self, sp=None):
+    def __init__(self, sp=None, choices: dict | None = None):
         self.B = _Ops(sp)
         self.sp = sp
+        self.choices = choices or {}   # letter -> value, from the problem's text
         self.why = []
         self.memo = {}   # (text, is reference) -> parsed value, None for an unreadable answer
 
@@ -802,6 +939,9 @@ class _Cmp:
         """Reference r against answer a, by the reference's shape."""
         if m := _CHOICE_REF.fullmatch(r):
             return self.choice(m, a)
+        letter, value = _decoration(a)
+        if letter:
+            return self.chosen(r, letter, value)
         if _is_text(r):
             self.note("text")
             return _words(a) == _words(r)
@@ -835,11 +975,22 @@ class _Cmp:
         """A choice reference (m of _CHOICE_REF): letters compare as letters; an answer with no
         letter is compared with the choice's value when the reference gives one."""
         letter = m.group(1) or m.group(2)
-        c = _choice(a)
+        c = _choice(a) or _decoration(a)[0]
         self.note("choice")
         if c or not m.group(3):
             return c == letter
         return self.equal(m.group(3), a)
+
+    def chosen(self, r: str, letter: str, value: str | None) -> bool:
+        """A value reference against a choice: its value when the answer wrote one, else the
+        value the problem lists for its letter; a bare letter without that is wrong."""
+        if value is None:
+            value = self.choices.get(letter)
+            if not value:
+                self.note("choice letter, no value")
+                return False
+        self.note("choice value")
+        return self.equal(r, normalize(value))   # again: "5 times" -> "5"
 
     def union(self, r: str, a: str) -> bool:
         """Unions of intervals, order free; inequalities read as intervals."""
@@ -858,8 +1009,20 @@ class _Cmp:
         if sr and sr[0] == "tup" and "=" in a:
             self.note("tuple")
             return self.pairwise(sr[2], A)
+        if len(R) == 1 and self.repeated(R[0], A):
+            return True
         self.note("set")
         return self.multiset(R, A)
+
+    def repeated(self, r: str, A: list) -> bool:
+        """Several answers that all equal one reference are that value written in several forms
+        (\\boxed{15\\frac{39}{40}}, or \\boxed{\\frac{639}{40}}), not a hedge."""
+        why = list(self.why)
+        if all(self.equal(r, x) for x in A):
+            self.note("one value in several forms")
+            return True
+        self.why = why   # what the failed check noted did not decide
+        return False
 
     def base_n(self, digits: str, base: int, a: str) -> bool:
         """A base-n reference: the same digits, with the same base or none written."""
@@ -1016,19 +1179,22 @@ def _proportional(sp, e1, e2, positive: bool) -> bool:
     return same and (not positive or (c.real > 0 and abs(c.imag) < 1e-25))
 
 
-def _decide(refs: list, ans: str, sp=None) -> tuple:
-    """(verdict, why) for normalised references against a normalised answer; may raise
-    _NeedSympy."""
+def _decide(refs: list, ans: str, sp=None, choices: dict | None = None) -> tuple:
+    """(verdict, why) for normalised references against a normalised answer, given the choices
+    the problem lists (letter -> value) if any; may raise _NeedSympy."""
     why = []
     for r in refs:
         if not r or len(r) > MAX_LEN:
             raise _BadRef(f"empty or too long: {r[:50]!r}")
-        c = _Cmp(sp)
+        c = _Cmp(sp, choices)
         try:
             ok = c.equal(r, ans)
         except _Big as e:
             ok = False
             c.why = [f"too big: {e}"]
+        except RecursionError:   # brackets nested past what the comparison recurses through
+            ok = False
+            c.why = ["too big: nesting"]
         why.append(" > ".join(c.why))
         if ok:
             return True, why[-1]
@@ -1052,7 +1218,8 @@ def _serve() -> None:
                 time.sleep(job[1])
                 res = [False, "slept"]
             else:
-                res = list(_decide(job[0], job[1], sympy))
+                choices = job[2] if len(job) > 2 else None
+                res = list(_decide(job[0], job[1], sympy, choices))
         except _BadRef as e:
             res = [False, f"bad reference: {e}"]
         except Exception as e:   # the one catch-all: sympy can raise anything; the caller logs it
@@ -1095,6 +1262,7 @@ class _Worker:
         return line
 
     def ask(self, job: str, timeout: float):
+        """Send one job line and wait at most timeout seconds for its answer."""
         if not self.ready:   # startup is not part of the job's timeout
             self._line(120.0)
             self.ready = True
@@ -1103,6 +1271,7 @@ class _Worker:
         return json.loads(self._line(timeout))
 
     def kill(self) -> None:
+        """End the process; a worker that is already gone is fine."""
         try:
             self.p.kill()
             self.p.wait(5)
@@ -1171,7 +1340,9 @@ def _ask(w: _Worker, job: str, timeout: float) -> tuple:
 
 def _refs(answer) -> list:
     """Normal forms of a reference: str, number (27.0 as written), GSM8K '#### N', or a list
-    of them."""
+    of them. None is no reference (it is not the text "None")."""
+    if answer is None:
+        return []
     if isinstance(answer, (list, tuple)):
         return [r for x in answer for r in _refs(x)]
     s = repr(answer) if isinstance(answer, float) else str(answer)
@@ -1182,22 +1353,40 @@ def _refs(answer) -> list:
     return [normalize(s[:MAX_RAW])]
 
 
-def _prepare(response: str, answer) -> dict:
-    """The in-process part of a grade; info["job"] is set when a worker must decide."""
+def _prepare(response: str, answer, problem: str | None = None) -> dict:
+    """The in-process part of a grade; info["job"] is set when a worker must decide. Nothing
+    raises out of it: an unexpected error is counted, logged and not correct."""
+    try:
+        return _prepare_checked(response, answer, problem)
+    except Exception as e:   # a bug or an input we never imagined: never crash the caller
+        STATS["error"] += 1
+        log.warning("verify: unexpected %s: %s", type(e).__name__, e)
+        return dict(extracted=None, reference=[], answer=None, correct=False, job=None,
+                    why=f"error: {type(e).__name__}: {e}"[:300])
+
+
+def _prepare_checked(response: str, answer, problem: str | None) -> dict:
+    """_prepare() without the safety net."""
     refs, raw = _refs(answer), extract(response)
     info = dict(extracted=raw, reference=refs, answer=None, why="no complete box", correct=False,
                 job=None)
     if raw is None:
         return info
+    if not refs:
+        STATS["bad_reference"] += 1
+        return info | {"why": "bad reference: no reference"}
     ans = normalize(raw) if len(raw) <= MAX_RAW else None
     if ans is None or len(ans) > MAX_LEN:
         STATS["too_long"] += 1
         return info | {"why": "answer too long"}
     info["answer"] = ans
+    # the choices matter only to a bare letter, so only then is the problem read
+    letter, value = _decoration(ans)
+    choices = _choices(problem) if problem and letter and value is None else None
     try:
-        info["correct"], info["why"] = _decide(refs, ans)
+        info["correct"], info["why"] = _decide(refs, ans, None, choices)
     except _NeedSympy:
-        job = json.dumps([refs, ans])
+        job = json.dumps([refs, ans, choices] if choices else [refs, ans])
         hit = _cache.get(job)
         if hit:
             info.update(correct=hit[0], why=hit[1] + " (cached)")
@@ -1210,9 +1399,10 @@ def _prepare(response: str, answer) -> dict:
     return info
 
 
-def _grade_all(pairs, workers: int, timeout: float) -> list:
-    """Infos for (response, answer) pairs; the sympy jobs run on `workers` worker processes."""
-    infos = [_prepare(r, a) for r, a in pairs]
+def _grade_all(pairs, workers: int, timeout: float, problem: str | None = None) -> list:
+    """Infos for (response, answer) or (response, answer, problem) tuples; `problem` serves the
+    pairs that carry none. The sympy jobs run on `workers` worker processes."""
+    infos = [_prepare(p[0], p[1], p[2] if len(p) > 2 else problem) for p in pairs]
     results = {}
     jobs = list({i["job"] for i in infos if i["job"]})
     todo = iter(jobs)   # shared by the threads: each next() hands out a job once
@@ -1231,42 +1421,86 @@ def _grade_all(pairs, workers: int, timeout: float) -> list:
     for t in threads:
         t.join()
     for i in infos:
-        if i["job"]:
-            i["correct"], i["why"] = results[i["job"]]
+        if i["job"]:   # a thread that could not start a worker left no result
+            i["correct"], i["why"] = results.get(i["job"], (False, "no worker answered"))
     return infos
 
 
-def explain(response: str, answer, timeout: float = TIMEOUT) -> dict:
+def explain(response: str, answer, timeout: float = TIMEOUT, problem: str | None = None) -> dict:
     """What grade() decides on: the extracted text, both normal forms, the verdict and why."""
-    return _grade_all([(response, answer)], 1, timeout)[0]
+    return _grade_all([(response, answer, problem)], 1, timeout)[0]
 
 
-def grade(response: str, answer, timeout: float = TIMEOUT) -> bool:
-    """True when the last box of response equals answer (rules in the module docstring)."""
-    return explain(response, answer, timeout)["correct"]
+def grade(response: str, answer, timeout: float = TIMEOUT, problem: str | None = None) -> bool:
+    """True when the last box of response equals answer (rules in the module docstring). The
+    problem's text, when given, maps a bare choice letter to the value it lists for it."""
+    return explain(response, answer, timeout, problem)["correct"]
 
 
-def reward_of(correct: bool, response: str, require_think: bool = False) -> float:
+def reward_of(correct: bool, response: str, require_think: bool = False,
+              problem: str | None = None) -> float:
     """DeepScaleR's rule, given the grade: 1.0 if the answer is right and, when required (R1
-    models), the response closed its reasoning with </think>; else 0.0."""
+    models), the response closed its reasoning with </think>; else 0.0. `problem` is taken so
+    that callers can pass reward() and reward_of() the same keywords; the grade has used it."""
     return 1.0 if correct and (not require_think or "</think>" in response) else 0.0
 
 
-def reward(response: str, answer, require_think: bool = False, timeout: float = TIMEOUT) -> float:
-    """reward_of(grade(response, answer), response, require_think)."""
-    return reward_of(grade(response, answer, timeout), response, require_think)
+def reward(response: str, answer, require_think: bool = False, timeout: float = TIMEOUT,
+           problem: str | None = None) -> float:
+    """reward_of(grade(response, answer, problem=problem), response, require_think)."""
+    return reward_of(grade(response, answer, timeout, problem), response, require_think)
 
 
-def grade_batch(pairs, workers: int | None = None, timeout: float = TIMEOUT) -> list:
-    """grade() for many (response, answer) pairs: string work here, sympy jobs on `workers`
-    processes."""
+def grade_batch(pairs, workers: int | None = None, timeout: float = TIMEOUT,
+                problem: str | None = None) -> list:
+    """grade() for many (response, answer) pairs, or (response, answer, problem) triples:
+    string work here, sympy jobs on `workers` processes. `problem` is the problem of every
+    pair that does not carry its own (the samples of one prompt)."""
     workers = workers or min(4, os.cpu_count() or 1)
-    return [i["correct"] for i in _grade_all(pairs, workers, timeout)]
+    return [i["correct"] for i in _grade_all(pairs, workers, timeout, problem)]
+
+
+def _read_rows(path: str) -> tuple[list, list]:
+    """The gradeable rows of a JSONL file, and (line number, why) for each bad one."""
+    rows, bad = [], []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as e:
+                bad.append((n, f"not JSON ({e})"))
+                continue
+            if not isinstance(row, dict) or not isinstance(row.get("response"), str):
+                bad.append((n, "no string 'response'"))
+            elif "answer" not in row:
+                bad.append((n, "no 'answer'"))
+            else:
+                rows.append(row)
+    return rows, bad
+
+
+def grade_file(path: str, workers: int, timeout: float) -> None:
+    """The CLI's file mode: grade {response, answer[, problem]} lines, report bad lines, then a
+    summary."""
+    rows, bad = _read_rows(path)
+    for n, why in bad:
+        print(f"{path}:{n}: skipped: {why}", file=sys.stderr)
+    t0 = time.perf_counter()
+    triples = [(r["response"], r["answer"], r.get("problem")) for r in rows]
+    ok = grade_batch(triples, workers, timeout)
+    n, dt = len(rows), time.perf_counter() - t0
+    print(f"{sum(ok)}/{n} correct ({100 * sum(ok) / max(1, n):.1f}%) in {dt:.2f}s "
+          f"({n / max(dt, 1e-9):.0f} grades/s); "
+          f"{dict(STATS) or 'no timeouts, errors or bad references'}"
+          + (f"; {len(bad)} bad lines skipped (first: line {bad[0][0]})" if bad else ""))
 
 
 def main(argv=None) -> None:
+    """The command line: one verdict and why, or a JSONL file of them."""
     ap = argparse.ArgumentParser(description="Grade final answers (rules in the module docstring).")
-    ap.add_argument("file", nargs="?", help="JSONL of {response, answer} lines")
+    ap.add_argument("file", nargs="?", help="JSONL of {response, answer[, problem]} lines")
     ap.add_argument("--answer", help="reference answer")
     ap.add_argument("--response", help="model response (its last \\boxed{} is graded)")
     ap.add_argument("--workers", type=int, default=os.cpu_count(), help="sympy worker processes")
@@ -1274,12 +1508,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     if args.file:
-        rows = [json.loads(line) for line in open(args.file) if line.strip()]
-        t0 = time.perf_counter()
-        ok = grade_batch([(r["response"], r["answer"]) for r in rows], args.workers, args.timeout)
-        n, dt = len(rows), time.perf_counter() - t0
-        print(f"{sum(ok)}/{n} correct ({100 * sum(ok) / max(1, n):.1f}%) in {dt:.2f}s "
-              f"({n / dt:.0f} grades/s); {dict(STATS) or 'no timeouts, errors or bad references'}")
+        grade_file(args.file, args.workers, args.timeout)
     elif args.answer is not None and args.response is not None:
         info = explain(args.response, args.answer, args.timeout)
         print("CORRECT" if info["correct"] else "WRONG")

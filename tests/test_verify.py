@@ -3,13 +3,22 @@ data's references, a differential test against math-verify, and the CLI.
 
     python -m pytest tests/test_verify.py -q
 """
-import glob, json, os, re, signal, subprocess, sys, threading, time
+import glob
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT)); sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
 import verify as V  # noqa: E402
 from verify_cases import CASES, B  # noqa: E402
 
@@ -88,7 +97,9 @@ def test_timeout_holds_in_any_thread():
         out["res"], w = V._ask(w, json.dumps(["sleep", 30]), 0.5)
         out["dt"] = time.perf_counter() - t
         V._give(w)
-    th = threading.Thread(target=run); th.start(); th.join(20)
+    th = threading.Thread(target=run)
+    th.start()
+    th.join(20)
     assert out["res"][0] is False and out["dt"] < 3 and V.STATS["timeout"] == before + 1
     assert V.grade("\\boxed{\\sqrt{8}}", "2\\sqrt{2}")   # the replacement worker works
 
@@ -113,7 +124,10 @@ def _data_refs():
     refs = {}
     for f in sorted(glob.glob(str(SHARED / "data" / "*" / "*.json*"))):
         text = Path(f).read_text()
-        rows = json.loads(text) if text.lstrip().startswith("[") else [json.loads(l) for l in text.splitlines() if l.strip()]
+        if text.lstrip().startswith("["):
+            rows = json.loads(text)
+        else:
+            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
         for r in rows:
             a = r.get("answer") if r.get("answer") is not None else r.get("solution")
             for x in (a if isinstance(a, list) else [a]):
@@ -136,7 +150,9 @@ def _rewrites(s: str):
     if "\\frac" in s:
         yield "\\boxed{%s}" % s.replace("\\frac", "\\dfrac")
     if re.fullmatch(r"\d+", s):
-        yield "\\boxed{%s.0}" % s; yield "\\boxed{0%s}" % s; yield "\\boxed{x = %s}" % s
+        yield "\\boxed{%s.0}" % s
+        yield "\\boxed{0%s}" % s
+        yield "\\boxed{x = %s}" % s
         if len(s) > 3:
             yield "\\boxed{%s}" % "{,}".join(re.findall(r"\d{1,3}(?=(?:\d{3})*$)", s))
 
@@ -200,3 +216,38 @@ def test_cli(tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "verify.py"), str(f), "--workers", "1"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.startswith("2/3 correct"), out
+
+# ----------------------------------------------------------------------------- choices
+
+AMC = ("How many?\n$\\mathrm{\\textbf{(A)} \\ }226\\qquad \\mathrm{\\textbf{(B)} \\ } 243 \\qquad "
+       "\\mathrm{\\textbf{(C)} \\ } 270 \\qquad \\mathrm{\\textbf{(D)} \\ }\\frac{\\sqrt{12}}{2}\\qquad "
+       "\\mathrm{\\textbf{(E)} \\ } \\text{none of these}$")
+
+
+def test_bare_letter_needs_the_problems_choices():
+    assert V._choices(AMC)["C"] == "270" and V._choices("What is (A)?") is None
+    assert not V.grade("\\boxed{C}", "270")                          # no problem: a letter is no value
+    assert V.grade("\\boxed{C}", "270", problem=AMC)
+    assert V.grade("\\boxed{\\textbf{(C)}}", "270", problem=AMC)
+    assert not V.grade("\\boxed{B}", "270", problem=AMC)
+    assert not V.grade("\\boxed{C}", "270", problem="How many? No choices here.")
+    assert V.grade("\\boxed{D}", "\\sqrt{3}", problem=AMC)           # decided by a worker
+    assert V.grade("\\boxed{(B) 243}", "243", problem=AMC)           # the written value decides
+    assert V.reward("<think></think>\\boxed{C}", "270", require_think=True, problem=AMC) == 1.0
+    assert V.reward_of(True, "\\boxed{C}", problem=AMC) == 1.0
+    pairs = [("\\boxed{C}", "270"), ("\\boxed{A}", "270"), ("\\boxed{D}", "\\sqrt3", AMC)]
+    assert V.grade_batch(pairs, workers=1, problem=AMC) == [True, False, True]
+    assert V.grade_batch(pairs, workers=1) == [False, False, True]
+    assert "choice" in V.explain("\\boxed{C}", "270", problem=AMC)["why"]
+
+
+def test_cli_reports_bad_lines_and_goes_on(tmp_path):
+    f = tmp_path / "bad.jsonl"
+    f.write_text("\n".join([json.dumps({"response": B("1"), "answer": "1"}), "{not json",
+                            json.dumps({"response": B("2")}), json.dumps([1, 2]),
+                            json.dumps({"response": B("3"), "answer": "3"})]))
+    out = subprocess.run([sys.executable, str(ROOT / "verify.py"), str(f), "--workers", "1"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.startswith("2/2 correct"), out
+    assert "3 bad lines" in out.stdout and "line 2" in out.stdout
+    assert all(f"bad.jsonl:{n}:" in out.stderr for n in (2, 3, 4)), out.stderr

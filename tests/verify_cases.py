@@ -295,3 +295,35 @@ CASES += [
     ("extract", "5", "**Final Answer**\n\\[\n\\boxed{5}\n\\]", True),
     ("extract", "5", "\\boxed{5} </think> The answer is 5", False),
 ]
+
+# Decorated choices: the value of "(C) 28" against a value reference, its letter against a
+# letter reference; a bare letter against a value reference needs the problem's choices.
+CASES += [
+    ("decorated", "28", B("(C) 28"), True),
+    ("decorated", "28", B("\\textbf{(C)}\\ 28"), True),
+    ("decorated", "x", B("\\text{(D) } x"), True),
+    ("decorated", "28", B("C) 28"), True),
+    ("decorated", "28", B("(C): 28"), True),
+    ("decorated", "\\frac{5}{3}", B("\\mathrm{(D)}\\ \\frac53"), True),
+    ("decorated", "40", B("40\\textbf{ (B)}"), True),
+    ("decorated", "115", B("115\\Rightarrow\\text{(D)}"), True),
+    ("decorated", "a+4", B("\\textbf{(B)}\\ a+4"), True),
+    ("decorated", "14238", B("\\textbf{(D)} ~14{,}238"), True),
+    ("decorated", "28", B("(C) 29"), False),
+    ("decorated", "0", B("(B) 1"), False),
+    ("decorated", "28", B("C"), False),                                 # a bare letter is no value
+    ("decorated", "28", B("\\textbf{(C)}"), False),
+    ("decorated", "C", B("(C) 28"), True),
+    ("decorated", "C", B("40\\textbf{ (C)}"), True),
+    ("decorated", "C", B("(D) 28"), False),
+    ("decorated", "(C) 28", B("(C) 28"), True),
+    ("decorated", "x = (C)", B("x = (C)"), True),
+    ("degrees", "22\\frac {1}{2}^{\\circ}", B("22\\frac{1}{2}^\\circ"), True),
+    ("degrees", "22\\frac {1}{2}^{\\circ}", B("11"), False),
+    ("currency", "$1.15", B("\\textdollar 1.15"), True),
+    ("currency", "$1.15", B("\\textdollar 1.16"), False),
+    ("forms", "\\frac{639}{40}", "\\boxed{15\\frac{39}{40}}, or \\boxed{\\frac{639}{40}}", True),
+    ("forms", "\\frac{1}{2}", B("0.5, \\frac{2}{4}"), True),
+    ("forms", "\\frac{1}{2}", "\\boxed{\\frac12} or \\boxed{\\frac13}", False),
+    ("forms", "3", B("3, 3, 4"), False),
+]
