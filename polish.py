@@ -209,7 +209,7 @@ def polish(model, tok, recs, ids, todo, cfg, floor, part, show) -> dict:
         """Grade one problem's samples; write its row, or queue it for another round."""
         ref = recs[p].get("answers") or recs[p]["answer"]
         g0 = time.perf_counter()
-        ok = grade_batch([(x, ref) for x in texts], workers=cfg.workers)
+        ok = grade_batch([(x, ref) for x in texts], workers=cfg.workers, problem=recs[p]["problem"])
         t["grade"] += time.perf_counter() - g0
         s = state.setdefault(p, dict(samples=0, correct=0, cands=[]))
         for x, n, fin, c in zip(texts, lengths, fins, ok):

@@ -365,9 +365,9 @@ def generate(model, prompts, n: int = 1, max_new_tokens: int = 256, temperature:
                 u = torch.rand(len(rs), 1, generator=gen, device=device, dtype=torch.float64)
                 tok, lp = sample_tokens(logits[src], u, **samp)
                 dec.cur[ri] = tok
-                for (r, s), P, t, l in zip(rs, plen, tok.tolist(), lp.tolist()):
+                for (r, s), P, t, logp in zip(rs, plen, tok.tolist(), lp.tolist()):
                     row_seq[r], row_len[r], row_left[r] = s, P, max_new_tokens
-                    record(r, [t], [l])
+                    record(r, [t], [logp])
             st["prefill_s"] += time.perf_counter() - t0
 
     while True:
@@ -410,15 +410,22 @@ def generate(model, prompts, n: int = 1, max_new_tokens: int = 256, temperature:
 
 # ----------------------------------------------------------------------------- evaluation
 
-def grade(tok, outs: list, refs: list, require_think: bool = False, workers: int = 4):
+def grade(tok, outs: list, refs: list, require_think: bool = False, workers: int = 4,
+          problems: list | None = None):
     """DeepScaleR's reward for each completion against its reference (an answer, or a list of
     equivalent forms): 1.0 when the last \\boxed{} answer equals the reference, and, with
     require_think (R1 models), the reply also closed its reasoning with </think>; else 0.0.
+    problems, one per completion when given, lets a bare choice letter ("C") be graded by
+    the choice it names in the problem text.
     Returns (texts, right, rewards): the decoded replies (stop token dropped), whether the
     answer alone was right, and the rewards."""
     from verify import grade_batch, reward_of
     texts = [tok.decode(o.tokens[:-1] if o.finish_reason == "stop" else o.tokens) for o in outs]
-    right = [bool(x) for x in grade_batch(list(zip(texts, refs)), workers=workers)]
+    if problems is None:
+        pairs = list(zip(texts, refs))
+    else:
+        pairs = list(zip(texts, refs, problems))
+    right = [bool(x) for x in grade_batch(pairs, workers=workers)]
     rewards = [reward_of(ok, t, require_think) for ok, t in zip(right, texts)]
     return texts, right, rewards
 
@@ -452,7 +459,8 @@ def evaluate(model, tok, recs: list, n: int = 1, require_think: bool = False, te
             last = now
     outs = generate(model, prompts, n=n, callback=report, **gen_kw) if prompts else []
     refs = [recs[i].get("answers") or recs[i]["answer"] for i in mine for _ in range(n)]
-    texts, _, rewards = grade(tok, outs, refs, require_think, workers)
+    problems = [recs[i]["problem"] for i in mine for _ in range(n)]
+    texts, _, rewards = grade(tok, outs, refs, require_think, workers, problems)
     rows = []
     for j, i in enumerate(mine):
         sl = slice(j * n, (j + 1) * n)

@@ -145,7 +145,8 @@ def rollout(sampler, tok, recs, cfg, seed, require_think):
                     top_p=cfg.top_p, seed=seed, kv_budget=int(cfg.kv_budget_gb * 2**30) or None)
     t0 = time.time()
     refs = [r.get("answers") or r["answer"] for r in recs for _ in range(cfg.samples)]
-    texts, correct, rewards = grade(tok, outs, refs, require_think)
+    problems = [r["problem"] for r in recs for _ in range(cfg.samples)]
+    texts, correct, rewards = grade(tok, outs, refs, require_think, problems=problems)
     grade_s = time.time() - t0
     rewards = torch.tensor(rewards)
     adv = grpo.group_advantages(rewards, cfg.samples, scale=cfg.scale_adv)
