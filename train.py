@@ -131,6 +131,12 @@ def parse_config(argv) -> tuple[Config, set]:
     return cfg, set(given)
 
 
+# Without CUDA the policy samples itself (amp is off, so there is no bf16 copy to keep in sync).
+# True keeps the separate bf16 sampling copy on any device, so that its re-sync after every
+# update runs, and is tested, on CPU too.
+SAMPLER_COPY = False
+
+
 def print0(*args, **kw):
     if int(os.environ.get("RANK", 0)) == 0:
         print(*args, **kw, flush=True)
@@ -403,11 +409,11 @@ def main(argv=None):
     if cfg.kl_coef:
         ref = Transformer.from_pretrained(cfg.model, device=device, dtype=torch.bfloat16 if amp else torch.float32)
         ref.requires_grad_(False)
-    sampler = copy.deepcopy(model).to(torch.bfloat16).requires_grad_(False) if amp else model
+    sampler = copy.deepcopy(model).to(torch.bfloat16).requires_grad_(False) if amp or SAMPLER_COPY else model
     ddp_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local] if device.type == "cuda"
                                                           else None) if world > 1 else model
     print0(f"policy {model.num_params() / 1e6:.1f}M params on {device} x {world}; sampling in "
-           f"{'bf16' if amp else 'fp32'}; reward requires </think>: {require_think}")
+           f"{'bf16' if sampler is not model else 'fp32'}; reward requires </think>: {require_think}")
 
     def sync_sampler():
         if sampler is not model:

@@ -18,6 +18,10 @@ def test_group_advantages_std_scaled_and_dr_grpo():
     # rewards 3, 1: mean 2, unbiased std sqrt(2) -> +-1/sqrt(2)
     torch.testing.assert_close(group_advantages(torch.tensor([3.0, 1.0]), 2, eps=0.0),
                                torch.tensor([1 / math.sqrt(2), -1 / math.sqrt(2)]))
+    # eps is added to the std, not under the square root: rewards 1, 0 have std 1/sqrt(2), and
+    # with eps 0.5 that gives 0.5 / (0.7071 + 0.5) = 0.4142 (0.5 / sqrt(0.5 + 0.5) = 0.5 would be wrong)
+    a = 0.5 / (1 / math.sqrt(2) + 0.5)
+    torch.testing.assert_close(group_advantages(torch.tensor([1.0, 0.0]), 2, eps=0.5), torch.tensor([a, -a]))
     assert group_advantages(torch.tensor([1.0, 0.0]), 1).tolist() == [0.0, 0.0]
     with pytest.raises(ValueError, match="7 rewards do not split into groups of 4"):
         group_advantages(torch.ones(7), 4)

@@ -61,9 +61,13 @@ def test_structure_of_both_families(pair):
 
 def test_save_pretrained_loads_in_transformers(pair, tmp_path):
     transformers = pytest.importorskip("transformers")
-    _, m, _ = pair
+    from safetensors import safe_open
+    _, m, hf_dir = pair
     out = tmp_path / "saved"
     m.save_pretrained(out)
+    # the tensor names transformers itself writes (its loader forgives some misnamed keys; other readers may not)
+    names = [set(safe_open(d / "model.safetensors", framework="pt").keys()) for d in (out, hf_dir)]
+    assert names[0] == names[1]
     hf2 = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
     x = torch.randint(0, 300, (2, 21))
     with torch.no_grad():
@@ -97,6 +101,8 @@ def test_dtype_defaults_to_checkpoint_and_can_be_overridden(pair, tmp_path):
 
 @pytest.mark.parametrize("lens", [(5, 11, 3), (30, 2, 1), (7,)], ids=["grid", "per-sequence", "single"])
 def test_packed_rows_equal_separate_sequences(lens):
+    from model import Packing
+    assert Packing(lens, "cpu").grid == (lens != (30, 2, 1))       # both attention paths are covered
     torch.manual_seed(0)
     m = Transformer(ModelConfig(**QWEN2)).eval()
     seqs = [torch.randint(0, 300, (n,)) for n in lens]
@@ -136,16 +142,30 @@ def test_token_logprobs_chunked_equals_full_log_softmax():
     torch.testing.assert_close(g1, g2)
 
 
-def test_gradient_checkpointing_gives_the_same_gradients():
+def test_gradient_checkpointing_gives_the_same_gradients(monkeypatch):
+    """Same gradients with and without checkpointing, and the checkpointed run really goes
+    through torch.utils.checkpoint once per layer (else the comparison proves nothing)."""
+    import model
+    calls = []
+
+    def counted(fn, *args, **kw):
+        calls.append(fn)
+        return real(fn, *args, **kw)
+
+    real = model.checkpoint
+    monkeypatch.setattr(model, "checkpoint", counted)
     torch.manual_seed(0)
     m = Transformer(ModelConfig(**QWEN2)).train()
     x = torch.randint(0, 300, (2, 16))
-    grads = []
+    grads, layer_calls = [], []
     for ckpt in (False, True):
         m.gradient_checkpointing = ckpt
         m.zero_grad()
+        calls.clear()
         m(x).float().logsumexp(-1).mean().backward()
+        layer_calls.append(sum(isinstance(fn, model.DecoderLayer) for fn in calls))
         grads.append([p.grad.clone() for p in m.parameters()])
+    assert layer_calls == [0, QWEN2["num_hidden_layers"]]
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b)
 
@@ -282,8 +302,18 @@ def test_cpu_bf16_linear_route_matches_bf16_matmul(monkeypatch):
     torch.manual_seed(0)
     lin = model.Linear(3000, 700, bias=True).to(torch.bfloat16)     # 3000 inputs: slices of 349 rows
     x = torch.randn(5, 3, 3000).to(torch.bfloat16)
+    real_linear, seen = model.F.linear, []
+
+    def linear(inp, w, b=None):
+        seen.append((inp.dtype, w.shape[0]))
+        return real_linear(inp, w, b)
+
+    monkeypatch.setattr(model.F, "linear", linear)
     with torch.no_grad():
         got = lin(x)
+    monkeypatch.setattr(model.F, "linear", real_linear)
+    assert seen == [(torch.float32, 349), (torch.float32, 349), (torch.float32, 2)]   # the fp32 route, sliced
+    with torch.no_grad():
         ref = torch.nn.functional.linear(x, lin.weight, lin.bias)
         exact = (x.float() @ lin.weight.float().T + lin.bias.float()).to(torch.bfloat16)
     assert got.dtype == torch.bfloat16 and got.shape == (5, 3, 700)

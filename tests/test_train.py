@@ -31,29 +31,53 @@ def test_two_process_ddp_step_equals_one_process(tmp_path):
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
 
 
-TINY = ["--prompts-per-step", "8", "--samples", "4", "--sft-steps", "4", "--sft-batch", "16", "--eval-every", "0",
-        "--save-every", "1", "--show-every", "100"]
+# Every flag the resume test's meaning depends on is explicit (not the toy's defaults): the KL
+# and entropy terms give a gradient even when every reward is 0, the warm-up makes the policy
+# differ from the reference (KL > 0 from step 1), two updates per step make AdamW's state matter.
+TINY = ["--prompts-per-step", "8", "--samples", "4", "--ctx", "16", "--temperature", "0.7", "--sft-steps", "4",
+        "--sft-batch", "16", "--sft-lr", "3e-3", "--lr", "1e-3", "--weight-decay", "0", "--updates-per-step", "2",
+        "--kl-coef", "0.05", "--entropy-coef", "0.01", "--old-logp", "recompute", "--micro-tokens", "4096",
+        "--no-grad-ckpt", "--eval-every", "0", "--save-every", "1", "--show-every", "100"]
 
 
 def test_resume_is_exact(tmp_path):
-    """2 steps straight == 1 step, then --resume auto for 1 more: identical weights and metrics."""
-    keep1 = ["--keep", "1"]
-    straight = run([sys.executable, str(REPO / "train.py"), *TINY, *keep1, "--steps", "2", "--out", "a"], tmp_path)
-    assert straight.returncode == 0, straight.stderr[-3000:]
-    first = run([sys.executable, str(REPO / "train.py"), *TINY, *keep1, "--steps", "1", "--out", "b"], tmp_path)
-    assert first.returncode == 0, first.stderr[-3000:]
-    second = run([sys.executable, str(REPO / "train.py"), *TINY, *keep1, "--steps", "2", "--out", "b",
-                  "--resume", "auto"], tmp_path)
-    assert second.returncode == 0, second.stderr[-3000:]
-    assert "resuming from b/checkpoints/step_000001 at step 1" in second.stdout
+    """2 steps straight == 1 step, then --resume auto for 1 more: identical weights, optimizer state
+    and metrics. The weights move at step 2 and KL is positive at step 1, so a resume that loses
+    the optimizer state, the data position or the reference model gives a different step 2."""
     from safetensors.torch import load_file
+
+    def train_py(*args):
+        r = run([sys.executable, str(REPO / "train.py"), *TINY, "--keep", "1", *args], tmp_path)
+        assert r.returncode == 0, r.stderr[-3000:]
+        return r
+
+    def metrics(out):
+        """The run's metric rows without the timings."""
+        drop = ("sample_s", "grade_s", "train_s", "step_s", "tok_per_s")
+        rows = [json.loads(line) for line in open(tmp_path / out / "metrics.jsonl")]
+        return [{k: v for k, v in r.items() if k not in drop} for r in rows]
+
+    train_py("--steps", "2", "--out", "a")
+    train_py("--steps", "1", "--out", "b")
+    w1 = load_file(tmp_path / "b/checkpoints/step_000001/model.safetensors")
+    second = train_py("--steps", "2", "--out", "b", "--resume", "auto")
+    assert "resuming from b/checkpoints/step_000001 at step 1" in second.stdout
     wa = load_file(tmp_path / "a/checkpoints/step_000002/model.safetensors")
     wb = load_file(tmp_path / "b/checkpoints/step_000002/model.safetensors")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
-    rows = lambda d: [json.loads(line) for line in open(tmp_path / d / "metrics.jsonl")]
-    drop = ("sample_s", "grade_s", "train_s", "step_s", "tok_per_s")
-    strip = lambda rs: [{k: v for k, v in r.items() if k not in drop} for r in rs]
-    assert strip(rows("a")) == strip(rows("b")) and len(rows("a")) == 2
+    assert sum(float((wb[k] - w1[k]).abs().max() > 0) for k in w1) > len(w1) / 2   # step 2 moved them
+    sa, sb = (torch.load(tmp_path / d / "checkpoints/step_000002/trainer_state.pt", weights_only=False)
+              for d in ("a", "b"))
+    adam_a, adam_b = sa["optimizer"]["state"], sb["optimizer"]["state"]
+    assert adam_a.keys() == adam_b.keys() and float(adam_a[0]["step"]) == 4     # 2 steps x 2 updates
+    for i in adam_a:
+        for k in adam_a[i]:
+            assert torch.equal(adam_a[i][k], adam_b[i][k]), (i, k)
+    assert sa["data_pos"] == sb["data_pos"] == 16
+    rows = metrics("a")
+    assert rows == metrics("b") and len(rows) == 2
+    assert [r["data_pos"] for r in rows] == [8, 16]
+    assert all(r["grad_norm"] > 0 for r in rows) and rows[0]["kl"] > 0
     # --keep 1: only the newest checkpoint remains, none half-written
     assert os.listdir(tmp_path / "a/checkpoints") == ["step_000002"]
     assert os.listdir(tmp_path / "b/checkpoints") == ["step_000002"]
