@@ -367,6 +367,13 @@ def main(argv=None):
     if world > 1:   # only for the barrier before the merge; no tensors are exchanged
         import datetime
         import torch.distributed as dist
+        # Before the group exists: torch.distributed.nn binds the default group into its functions'
+        # defaults when first imported (torch._dynamo pulls it in when the model is built on the meta
+        # device). Imported later, that reference keeps the gloo group and its worker threads alive
+        # past destroy_process_group into interpreter exit, where a worker still freeing a finished
+        # collective aborts the rank ("terminate called without an active exception"; seen in the
+        # sample.py and DDP tests).
+        import torch.distributed.nn as _dist_nn  # noqa: F401
         dist.init_process_group("gloo", timeout=datetime.timedelta(days=7))
     model = Transformer.from_pretrained(cfg.model, device=device,
                                         dtype=torch.bfloat16 if device.type == "cuda" else torch.float32).eval()

@@ -542,6 +542,12 @@ def main(argv=None):
         device = torch.device("cpu")
     if world > 1:
         import torch.distributed as dist
+        # Before the group exists: torch.distributed.nn binds the default group into its functions'
+        # defaults when first imported (torch._dynamo pulls it in when the model is built on the meta
+        # device). That reference kept the gloo group and its worker threads alive past
+        # destroy_process_group, and a worker still freeing the last collective's tensors at
+        # interpreter exit aborted the rank ("terminate called without an active exception").
+        import torch.distributed.nn as _dist_nn  # noqa: F401
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     dtype = getattr(torch, a.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
     tok = Tokenizer.from_pretrained(a.model)
@@ -563,6 +569,8 @@ def main(argv=None):
         generate(model, [tok.encode_chat(a.prompt, a.template)], n=1, check_every=4,
                  callback=stream, **kw)
         print()
+        if world > 1:
+            dist.destroy_process_group()    # join gloo's threads while the interpreter is whole
         return
 
     from data import DataError, load_records

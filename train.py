@@ -342,6 +342,12 @@ def main(argv=None):
     if world > 1:
         if device.type == "cuda":
             torch.cuda.set_device(device)       # before NCCL starts, so it binds to this GPU
+        # Before the group exists: torch.distributed.nn binds the default group into its functions'
+        # defaults when first imported (torch._dynamo pulls it in when DDP or the meta-device model
+        # build runs). That reference kept the gloo group and its worker threads alive past
+        # destroy_process_group, and a worker still freeing the last gradient all-reduce at
+        # interpreter exit aborted the rank ("terminate called without an active exception").
+        import torch.distributed.nn as _dist_nn  # noqa: F401
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     if cfg.prompts_per_step % world:
         raise SystemExit(f"--prompts-per-step {cfg.prompts_per_step} must divide evenly over {world} ranks")
@@ -547,6 +553,7 @@ def main(argv=None):
     if before is not None and after is not None:
         print0(f"held-out accuracy: before GRPO {100 * before:.1f}%, after GRPO {100 * after:.1f}%")
     if world > 1:
+        del ddp_model   # it holds the group too: drop it so destroy_process_group joins gloo's threads
         dist.destroy_process_group()
 
 

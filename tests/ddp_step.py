@@ -18,6 +18,11 @@ from model import ModelConfig, Transformer  # noqa: E402
 
 rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 if world > 1:
+    # Before the group exists: torch.distributed.nn binds the default group into its functions'
+    # defaults when first imported (DDP pulls it in through torch._dynamo), which kept the gloo
+    # group's worker threads alive past destroy_process_group into interpreter exit, where one still
+    # freeing the last all-reduce aborted the rank ("terminate called without an active exception").
+    import torch.distributed.nn  # noqa: F401
     dist.init_process_group("gloo")
 torch.manual_seed(0)
 model = Transformer(ModelConfig(model_type="qwen2", vocab_size=64, hidden_size=32, intermediate_size=64,
@@ -40,4 +45,5 @@ train.optimizer_step(model, opt, cfg.grad_clip)
 if rank == 0:
     torch.save({k: v.clone() for k, v in model.state_dict().items()}, sys.argv[1])
 if world > 1:
+    del ddp     # it holds the group too: drop it so destroy_process_group joins gloo's threads
     dist.destroy_process_group()
