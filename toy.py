@@ -1,17 +1,36 @@
-"""A miniature of the real setup, built from nothing: a tiny Qwen2 model, its tokenizer, a task.
+r"""A miniature of the real setup, built from nothing: a tiny Qwen2 model, its tokenizer, a task.
 
     python train.py            # uses this: warm-up, then GRPO, on 2 CPU cores in minutes
 
 The tokenizer is a real tokenizer.json (byte-level BPE with the DeepSeek-R1 special tokens and
 Qwen2's pre-tokenizer), so data.Tokenizer, the R1 chat template and the `</think>` reward rule
 run exactly as they do for DeepSeek-R1-Distill-Qwen. Its merges only spell out the words of
-the fixed prompt, which keeps sequences short. The task is the sum of a few single
-digits: easy enough that a minute of supervised warm-up makes the model right some of the
-time, which is what GRPO needs to start from.
+the fixed prompt, which keeps sequences short.
+
+The task is the sum of three single digits, "What is 5 + 8 + 4?", solved with a short chain
+of thought, one addition per line ("5+8=13\n13+4=17\n</think>\n\nThe answer is \boxed{17}.").
+A fixed random 200 of the 1,000 digit triples are held out: training never sees them, so the
+accuracy train.py reports is on sums the model has not seen (each step of their chains it has).
+
+What GRPO has to learn here, and why the warm-up leaves room for it:
+- The format. Only one warm-up solution in four (BOX_EVERY) boxes its total; the others
+  state it bare. The reward is 1 only for a right boxed answer after </think>, so a
+  warmed-up model that boxes about a quarter of the time earns reward on about a quarter of
+  its right sums. Boxing is one token's choice after "The answer is" (a backslash or a
+  space), with a probability near 0.25, far from a coin flip: the starting accuracy does
+  not hinge on float rounding, and GRPO has a clear signal that pushes it towards 1.
+- The arithmetic. After the short warm-up a sampled chain is right only part of the time;
+  GRPO sharpens the steps that earn reward.
+Accuracy is measured as training samples: temperature 1, four samples per held-out problem
+(pass@1 is their mean), the same reward rule. A greedy evaluation would turn "boxes 45% of
+the time" into 0% and "boxes 55%" into 100%, so its starting point would depend on the last
+bit of a matmul; the mean over samples moves smoothly.
 """
+import itertools
 import json
 import os
 import random
+import shutil
 
 from data import Tokenizer, _byte_decoder
 from model import ModelConfig, Transformer
@@ -66,18 +85,77 @@ def build_model_dir(path: str, seed: int = 0, hidden: int = 128, layers: int = 4
     return path
 
 
-def make_task(n: int, seed: int, terms: int = 4) -> list[dict]:
-    """n problems "What is 3 + 5 + 8 + 1?" with the record fields train.py reads.
+TERMS = 3          # digits per problem
+BOX_EVERY = 4      # one warm-up solution in BOX_EVERY boxes its answer
+HELDOUT_SIZE = 200 # digit tuples held out of training, a fixed random fifth of the 1,000
 
-    Summing single digits needs only attention that averages over the digit tokens, which a
-    small model learns in a minute. Every other reference solution states the total without
-    \\boxed{}: a model warmed up on them boxes its answer about half the time, and the reward
-    (1 only for a right boxed answer after </think>) has that to teach as well as the sums."""
-    rng, rows = random.Random(seed), []
+
+def split_tuples() -> tuple[list, list]:
+    """All digit tuples, split once into (train, held-out) by a fixed shuffle.
+
+    A random split rather than a rule on the digits: a rule such as "the number they spell is
+    a multiple of 5" would hold out every tuple ending in 0 or 5, and training would never see
+    a last step "+0" or "+5"."""
+    tuples = list(itertools.product(range(10), repeat=TERMS))
+    random.Random("toy split").shuffle(tuples)
+    return sorted(tuples[HELDOUT_SIZE:]), sorted(tuples[:HELDOUT_SIZE])
+
+
+def make_task(n: int, seed: int, split: str = "train") -> list[dict]:
+    """n problems "What is 3 + 5 + 8?" from one split, with the record fields train.py reads.
+
+    Each split's tuples come once each, in a seeded order, before any repeats. Row i's
+    solution boxes its total when i % BOX_EVERY == 0 and states it bare otherwise."""
+    if split not in ("train", "heldout"):
+        raise ValueError(f"split must be train or heldout, not {split!r}")
+    train, heldout = split_tuples()
+    tuples = train if split == "train" else heldout
+    random.Random(seed).shuffle(tuples)
+    rows = []
     for i in range(n):
-        xs = [rng.randint(0, 9) for _ in range(terms)]
-        s = sum(xs)
-        final = f"\\boxed{{{s}}}" if i % 2 == 0 else f"{s}"
-        rows.append({"problem": "What is " + " + ".join(map(str, xs)) + "?", "answer": str(s),
-                     "solution": f"The digits add up to {s}.\n</think>\n\nThe answer is {final}."})
+        digits = tuples[i % len(tuples)]
+        total = sum(digits)
+        final = f"\\boxed{{{total}}}" if i % BOX_EVERY == 0 else f"{total}"
+        rows.append({"problem": "What is " + " + ".join(map(str, digits)) + "?", "answer": str(total),
+                     "solution": running_sums(digits) + f"</think>\n\nThe answer is {final}."})
     return rows
+
+
+def running_sums(digits: tuple) -> str:
+    """The chain of thought: one addition per line, "5+8=13\n13+4=17\n".
+
+    Each line is a small addition seen in many training problems, so a held-out triple is
+    new only as a whole, never in its steps."""
+    lines = []
+    total = digits[0]
+    for d in digits[1:]:
+        lines.append(f"{total}+{d}={total + d}\n")
+        total += d
+    return "".join(lines)
+
+
+def prepare(out: str, seed: int) -> tuple[str, str, str]:
+    """The toy's model folder, training set and held-out set under `out`; built only if missing.
+
+    Every piece is written to a temporary name and renamed into place, so a run killed
+    while building leaves nothing that the next run would take for a finished file.
+    Returns (model_dir, train_path, heldout_path)."""
+    model_dir = os.path.join(out, "toy_model")
+    train_path = os.path.join(out, "train.jsonl")
+    heldout_path = os.path.join(out, "heldout.jsonl")
+    os.makedirs(out, exist_ok=True)
+    if not os.path.isfile(os.path.join(model_dir, "config.json")):
+        tmp_dir = model_dir + ".tmp"
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        build_model_dir(tmp_dir, seed=seed)
+        shutil.rmtree(model_dir, ignore_errors=True)   # a folder left without config.json
+        os.replace(tmp_dir, model_dir)
+    train_size = 10 ** TERMS - HELDOUT_SIZE    # every tuple once
+    heldout_size = HELDOUT_SIZE
+    for path, size, split in ((train_path, train_size, "train"), (heldout_path, heldout_size, "heldout")):
+        if os.path.isfile(path):
+            continue
+        with open(path + ".tmp", "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(row) + "\n" for row in make_task(size, seed=1, split=split))
+        os.replace(path + ".tmp", path)
+    return model_dir, train_path, heldout_path

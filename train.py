@@ -76,7 +76,7 @@ class Config:
     grad_ckpt: bool = True           # activation checkpointing per layer
     amp: bool = True                 # bf16 autocast for training and a bf16 sampling copy (CUDA)
     sft_steps: int = 0               # supervised warm-up steps on the records' solutions first
-    sft_lr: float = 1e-5
+    sft_lr: float = 1e-5             # warm-up learning rate, decaying linearly to 0
     sft_batch: int = 64              # sequences per warm-up step
     steps: int = 1000                # GRPO steps
     seed: int = 0
@@ -92,12 +92,19 @@ class Config:
     wandb: str = ""                  # a wandb project to log to (needs `pip install wandb`)
 
 
-# The embedded default: what `python train.py` runs when no --model is given.
-TOY = dict(prompts_per_step=32, samples=8, ctx=32, prompt_budget=64, temperature=1.0, lr=3e-4,
-           weight_decay=0.0, updates_per_step=1, kl_coef=0.0, entropy_coef=0.0, old_logp="sampler",
-           micro_tokens=8192, grad_ckpt=False, sft_steps=200, sft_lr=3e-3, sft_batch=64, steps=20,
-           save_every=10, eval_every=10, eval_samples=1, eval_temperature=0.0, show_every=20,
-           out="runs/toy")
+# The embedded default: what `python train.py` runs when no --model is given (toy.py says
+# what the task is and what GRPO has to learn there).
+TOY = dict(
+    # rollouts: 32 prompts x 8 samples at temperature 1; a chain and its answer fit in 40 tokens
+    prompts_per_step=32, samples=8, ctx=40, prompt_budget=64, temperature=1.0,
+    # a tiny model takes a large constant rate; no KL or entropy term, one update per batch
+    lr=3e-4, weight_decay=0.0, updates_per_step=1, kl_coef=0.0, entropy_coef=0.0, old_logp="sampler",
+    micro_tokens=8192, grad_ckpt=False, steps=30,
+    # supervised warm-up on the records' solutions: 600 steps of 32
+    sft_steps=600, sft_lr=3e-3, sft_batch=32,
+    # held-out accuracy as training samples: 4 samples per problem at temperature 1, top_p 1
+    eval_every=10, eval_samples=4, eval_temperature=1.0, eval_top_p=1.0,
+    save_every=10, show_every=30, out="runs/toy")
 
 
 def parse_config(argv) -> tuple[Config, set]:
@@ -356,19 +363,16 @@ def main(argv=None):
     os.makedirs(cfg.out, exist_ok=True)
 
     # --- toy: build the model, tokenizer and task on the first run
-    toy = not cfg.model
-    if toy:
-        import toy as toy_mod
-        cfg.model = os.path.join(cfg.out, "toy_model")
-        if rank == 0 and not os.path.isfile(os.path.join(cfg.model, "config.json")):
-            toy_mod.build_model_dir(cfg.model, seed=cfg.seed)
-            for name, n, s in (("train.jsonl", 4000, 1), ("heldout.jsonl", 200, 2)):
-                with open(os.path.join(cfg.out, name), "w") as f:
-                    f.writelines(json.dumps(r) + "\n" for r in toy_mod.make_task(n, seed=s))
+    if not cfg.model:
+        import toy
+        if rank == 0:
+            toy.prepare(cfg.out, seed=cfg.seed)     # builds what is missing, atomically
         if world > 1:
             dist.barrier()
-        cfg.data, cfg.eval_data = cfg.data or os.path.join(cfg.out, "train.jsonl"), \
-            cfg.eval_data or os.path.join(cfg.out, "heldout.jsonl")
+        model_dir, train_path, heldout_path = toy.prepare(cfg.out, seed=cfg.seed)
+        cfg.model = model_dir
+        cfg.data = cfg.data or train_path
+        cfg.eval_data = cfg.eval_data or heldout_path
     if rank == 0:
         with open(os.path.join(cfg.out, "config.json"), "w") as f:
             json.dump(asdict(cfg), f, indent=2)
@@ -440,6 +444,8 @@ def main(argv=None):
             pick = [sft_recs[order[(k * cfg.sft_batch + j) % len(sft_recs)]] for j in range(cfg.sft_batch)]
             seqs = [dict(prompt=r["prompt_ids"], tokens=tok.encode(r["solution"]) + eos) for r in shard(pick, rank, world)]
             m = train_minibatch(ddp_model, model, seqs, cfg, device, world, amp, sft=True)
+            for group in opt.param_groups:   # linear decay to 0: the last steps settle instead of bouncing
+                group["lr"] = cfg.sft_lr * (1 - k / cfg.sft_steps)
             optimizer_step(model, opt, cfg.grad_clip)
             if k % 20 == 0 or k == cfg.sft_steps - 1:
                 print0(f"warm-up {k + 1}/{cfg.sft_steps}: loss {float(m[0]):.3f}")

@@ -83,15 +83,24 @@ def test_resume_is_exact(tmp_path):
     assert os.listdir(tmp_path / "b/checkpoints") == ["step_000002"]
 
 
+TOY_GAIN_POINTS = 30   # measured: 53.3 to 65.5 over seeds 0-4 x two numeric variants (README)
+
+
 @pytest.mark.slow
-def test_toy_grpo_raises_heldout_accuracy(tmp_path):
-    """`python train.py` (fixed seed): GRPO adds >= 20 points of held-out accuracy (-m slow; CI runs it)."""
-    r = run([sys.executable, str(REPO / "train.py"), "--out", "toy"], tmp_path, env={"OMP_NUM_THREADS": "2"}, timeout=900)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_toy_grpo_raises_heldout_accuracy(tmp_path, seed):
+    """`python train.py --seed S`: GRPO adds >= TOY_GAIN_POINTS of held-out accuracy (-m slow; CI runs it).
+
+    The README gives the range of gains measured; the threshold sits 10+ points below the
+    smallest, so another CPU's float rounding cannot turn this red."""
+    r = run([sys.executable, str(REPO / "train.py"), "--out", "toy", "--seed", str(seed)], tmp_path,
+            env={"OMP_NUM_THREADS": "2"}, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     line = r.stdout.strip().splitlines()[-1]
     print(line)
-    before, after = map(float, re.fullmatch(r"held-out accuracy: before GRPO ([\d.]+)%, after GRPO ([\d.]+)%", line).groups())
-    assert after - before >= 20
+    pattern = r"held-out accuracy: before GRPO ([\d.]+)%, after GRPO ([\d.]+)%"
+    before, after = map(float, re.fullmatch(pattern, line).groups())
+    assert after - before >= TOY_GAIN_POINTS
 
 
 @pytest.mark.parametrize("argv,message", [
