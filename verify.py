@@ -1222,7 +1222,7 @@ def _serve() -> None:
                 res = list(_decide(job[0], job[1], sympy, choices))
         except _BadRef as e:
             res = [False, f"bad reference: {e}"]
-        except Exception as e:   # the one catch-all: sympy can raise anything; the caller logs it
+        except Exception as e:   # the worker's catch-all: sympy can raise anything; the caller logs it
             res = [None, f"error: {type(e).__name__}: {e}"[:300]]
         out.write(json.dumps(res) + "\n")
         out.flush()

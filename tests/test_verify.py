@@ -239,6 +239,16 @@ def test_bare_letter_needs_the_problems_choices():
     assert V.grade_batch(pairs, workers=1, problem=AMC) == [True, False, True]
     assert V.grade_batch(pairs, workers=1) == [False, False, True]
     assert "choice" in V.explain("\\boxed{C}", "270", problem=AMC)["why"]
+    # labels out of order are not a list of choices (a figure's points, say): no letter maps
+    shuffled = "Which? $\\textbf{(A) } 3 \\qquad \\textbf{(C) } 5 \\qquad \\textbf{(B) } 7$"
+    assert V._choices(shuffled) is None
+    assert not V.grade("\\boxed{B}", "7", problem=shuffled)
+
+
+def test_answer_is_read_after_the_last_think_close():
+    """A box between two </think> belongs to the reasoning: only what follows the last counts."""
+    assert not V.grade("<think>a</think> draft \\boxed{1}\n</think>\nno box here", "1")
+    assert V.grade("<think>a</think> draft \\boxed{1}\n</think>\nso \\boxed{2}", "2")
 
 
 def test_cli_reports_bad_lines_and_goes_on(tmp_path):

@@ -1,0 +1,467 @@
+"""Mutation check: does the suite notice plausible one-line bugs? (minutes; not part of pytest)
+
+    python tests/mutation.py                 # every mutant; the last line is `killed K of N mutants`
+    python tests/mutation.py --only train.py # the mutants of one file (or whose text contains a word)
+    python tests/mutation.py --list          # the mutants and their test selections, nothing run
+    python tests/mutation.py --workers 1 --no-baseline
+
+Each mutant is (file, original text, replacement, tests, what the bug is). The repository is
+copied to a temporary folder once per worker (beside a link to ../shared, so the tests that
+read it still run); a worker writes one mutant into its copy, runs only that mutant's tests
+(`pytest -x -q -p no:cacheprovider` on a few node ids), and puts the file back. A mutant is
+killed when the tests fail or time out, and survives when they pass. The original text must
+occur exactly once in its file: a refactor that removes or duplicates it is reported as an
+error (and the script exits 2), never silently skipped. Before the mutants, a baseline run of
+every selected test on the unmodified copy must pass, or a "kill" would mean nothing.
+
+Each test run is a forked child of this process, which has imported torch, pytest and
+transformers once (the project's own modules are imported fresh from the copy in every child):
+that import is most of a small test run's cost. Linux only (fork).
+
+EQUIVALENT lists changes that cannot alter behaviour, with the reason; they are not counted.
+The mutants of verify.py are listed last, in VERIFY_MUTANTS.
+"""
+import argparse
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TIMEOUT_S = 300          # per mutant; a mutant that hangs its tests counts as killed
+
+
+@dataclass
+class Mutant:
+    file: str            # path relative to the repository root
+    old: str             # text that must occur exactly once in the file
+    new: str             # what it becomes
+    tests: tuple         # pytest node ids (tests/x.py or tests/x.py::test_name)
+    bug: str             # the bug in words
+
+
+def mutant(file, old, new, tests, bug):
+    """A Mutant, with tests given as one node id or a sequence of them."""
+    return Mutant(file, old, new, (tests,) if isinstance(tests, str) else tuple(tests), bug)
+
+
+LOOP = "tests/test_train_loop.py::"
+RESUME = "tests/test_train.py::test_resume_is_exact"
+GRPO = "tests/test_grpo.py"
+MODEL = "tests/test_model.py::"
+SAMPLE = "tests/test_sample.py::"
+POLISH = "tests/test_polish.py::"
+DATA = "tests/test_data.py::"
+TOKENIZER = "tests/test_tokenizer.py::"
+
+MUTANTS = [
+    # ------------------------------------------------------------------ train.py
+    mutant("train.py", 'pick += range(start + P - 1, start + P - 1 + len(s["tokens"]))',
+           'pick += range(start + P, start + P + len(s["tokens"]))',
+           LOOP + "test_packed_logprobs_equal_the_samplers",
+           "completion token j scored from hidden state P + j instead of P - 1 + j"),
+    mutant("train.py", "h = ddp_model(ids, positions=pos, seq_lens=lens, return_hidden=True)[0]",
+           "h = ddp_model(ids, positions=pos, return_hidden=True)[0]",
+           LOOP + "test_packed_logprobs_equal_the_samplers",
+           "packed sequences attend to each other (seq_lens not passed)"),
+    mutant("train.py", "forward_logprobs(ddp_model, model, mb, 1.0 if sft else cfg.temperature, device, amp)",
+           "forward_logprobs(ddp_model, model, mb, 1.0, device, amp)",
+           LOOP + "test_fresh_samples_give_ratio_one_and_loss_minus_token_mean_advantage",
+           "training log-probs at T = 1 instead of the sampling temperature"),
+    mutant("train.py", "forward_logprobs(ddp_model, model, mb, 1.0 if sft else cfg.temperature, device, amp)",
+           "forward_logprobs(ddp_model, model, mb, cfg.temperature, device, amp)",
+           LOOP + "test_warm_up_loss_is_the_mean_negative_log_likelihood",
+           "the supervised warm-up scored at the sampling temperature"),
+    mutant("train.py", "loss = grpo.aggregate(tok_loss, idx, lens, cfg.loss_agg, cfg.ctx, batch_tokens, batch_seqs)",
+           "loss = grpo.aggregate(tok_loss, idx, lens, cfg.loss_agg, cfg.ctx)",
+           LOOP + "test_loss_and_gradients_do_not_depend_on_the_micro_batch_split",
+           "token-mean loss divided by the micro-batch's tokens instead of the whole batch's"),
+    mutant("train.py", 'sum(len(s["tokens"]) for s in seqs), len(seqs)]',
+           'sum(len(s["prompt"]) + len(s["tokens"]) for s in seqs), len(seqs)]',
+           LOOP + "test_fresh_samples_give_ratio_one_and_loss_minus_token_mean_advantage",
+           "the loss divided by prompt and completion tokens, not completion tokens"),
+    mutant("train.py", "tok_loss, parts = -logp, {}", "tok_loss, parts = logp, {}",
+           LOOP + "test_warm_up_loss_is_the_mean_negative_log_likelihood",
+           "the warm-up maximises the negative log-likelihood"),
+    mutant("train.py", 'old = torch.tensor([x for s in mb for x in s["old_logp"]], device=device)',
+           'old = torch.tensor([x for s in mb for x in s["logprobs"]], device=device)',
+           LOOP + "test_loss_and_gradients_do_not_depend_on_the_micro_batch_split",
+           "the ratio's denominator taken from the sampler whatever --old-logp says"),
+    mutant("train.py", "adv=float(adv[i])", "adv=float(adv[i // cfg.samples])",
+           LOOP + "test_each_sample_gets_its_groups_advantage",
+           "the advantage of sample i taken from group i's slot"),
+    mutant("train.py", "adv = grpo.group_advantages(rewards, cfg.samples, scale=cfg.scale_adv)",
+           "adv = grpo.group_advantages(rewards, cfg.samples)",
+           LOOP + "test_each_sample_gets_its_groups_advantage",
+           "--no-scale-adv (Dr. GRPO) ignored"),
+    mutant("train.py", "data_pos += cfg.prompts_per_step", "data_pos += 0",
+           LOOP + "test_every_step_trains_on_new_prompts",
+           "data_pos never advanced: every step trains on the same prompts"),
+    mutant("train.py", "order[(data_pos + j) % len(train_recs)]", "order[j % len(train_recs)]",
+           LOOP + "test_every_step_trains_on_new_prompts",
+           "the batch picked without the data position"),
+    mutant("train.py", 'score(ref, seqs, cfg, device, amp, "ref_logp")', 'score(model, seqs, cfg, device, amp, "ref_logp")',
+           LOOP + "test_old_and_reference_logprobs_come_from_the_right_weights",
+           "reference log-probs scored with the policy (KL identically 0)"),
+    mutant("train.py", "logp = forward_logprobs(model, model, mb, cfg.temperature, device, amp, with_entropy=False)",
+           "logp = forward_logprobs(model, model, mb, 1.0, device, amp, with_entropy=False)",
+           LOOP + "test_old_and_reference_logprobs_come_from_the_right_weights",
+           "old and reference log-probs scored at T = 1"),
+    mutant("train.py", "        sync_sampler()\n        t_train = time.time() - t0",
+           "        t_train = time.time() - t0",
+           LOOP + "test_sampling_copy_equals_the_policy_after_every_update",
+           "the bf16 sampling copy never re-synced after an update"),
+    mutant("train.py", "part = set(groups[u::cfg.updates_per_step])", "part = set(groups)",
+           LOOP + "test_mini_batches_are_whole_groups_covering_the_step",
+           "every mini-batch trains on the whole batch"),
+    mutant("train.py", "    opt.step()\n    opt.zero_grad(set_to_none=True)\n", "    opt.step()\n",
+           LOOP + "test_optimizer_step_clips_steps_and_clears",
+           "gradients not cleared after a step: they leak into the next mini-batch"),
+    mutant("train.py", "norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)",
+           'norm = torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))',
+           LOOP + "test_optimizer_step_clips_steps_and_clears",
+           "--grad-clip ignored"),
+    mutant("train.py", "if cur and n + L > micro_tokens:", "if cur and n > micro_tokens:",
+           LOOP + "test_pack_keeps_every_sequence_once_within_the_budget",
+           "micro-batches overflow the token budget"),
+    mutant("train.py", "return batches + ([cur] if cur else [])", "return batches",
+           [LOOP + "test_pack_keeps_every_sequence_once_within_the_budget",
+            LOOP + "test_loss_and_gradients_do_not_depend_on_the_micro_batch_split"],
+           "the last micro-batch dropped"),
+    mutant("train.py", '        opt.load_state_dict(state["optimizer"])', "        pass",
+           RESUME, "resume does not restore the optimizer state"),
+    mutant("train.py", 'start_step, data_pos = state["step"], state["data_pos"]', 'start_step, data_pos = state["step"], 0',
+           RESUME, "resume restarts the data from the beginning"),
+    mutant("train.py", "ref = Transformer.from_pretrained(cfg.model, device=device,",
+           "ref = Transformer.from_pretrained(src, device=device,",
+           RESUME, "after a resume the reference model is the checkpoint, not the initial policy"),
+    # ------------------------------------------------------------------ grpo.py
+    mutant("grpo.py", "centred = centred / (r.std(dim=1, unbiased=True, keepdim=True) + eps)",
+           "centred = centred / (r.var(dim=1, unbiased=True, keepdim=True) + eps).sqrt()",
+           GRPO, "eps inside the square root of the advantage normaliser"),
+    mutant("grpo.py", "centred = centred / (r.std(dim=1, unbiased=True, keepdim=True) + eps)",
+           "centred = centred / (r.std(dim=1, unbiased=False, keepdim=True) + eps)",
+           GRPO, "biased group std"),
+    mutant("grpo.py", "if scale and group_size > 1:", "if group_size > 1:", GRPO, "scale=False still divides by the std"),
+    mutant("grpo.py", "ratio = torch.exp(logp - old_logp)", "ratio = torch.exp(old_logp - logp)", GRPO, "inverted ratio"),
+    mutant("grpo.py", "torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)", "torch.clamp(ratio, 1.0 - clip_high, 1.0 + clip_low)",
+           GRPO, "clip bounds swapped (clip-higher lost)"),
+    mutant("grpo.py", "return -torch.minimum(unclipped, clipped), clipped < unclipped",
+           "return -torch.maximum(unclipped, clipped), clipped < unclipped", GRPO, "pessimistic bound inverted"),
+    mutant("grpo.py", "return -torch.minimum(unclipped, clipped), clipped < unclipped",
+           "return -torch.minimum(unclipped, clipped), clipped != unclipped", GRPO, "clip flag set when the clip is inactive"),
+    mutant("grpo.py", "d = torch.clamp(ref_logp - logp, -20.0, 20.0)", "d = torch.clamp(logp - ref_logp, -20.0, 20.0)",
+           GRPO, "k3 of the reverse direction"),
+    mutant("grpo.py", "return torch.clamp(torch.exp(d) - d - 1.0, max=10.0)", "return torch.exp(d) - d - 1.0",
+           GRPO, "k3 not capped"),
+    mutant("grpo.py", "return (values / seq_lens[seq_index].clamp(min=1)).sum() / S", "return values.sum() / S",
+           GRPO, "seq-mean-token-mean without the per-sequence mean"),
+    mutant("grpo.py", "loss, parts[\"entropy\"] = loss - entropy_coef * entropy", "loss, parts[\"entropy\"] = loss + entropy_coef * entropy",
+           GRPO, "entropy penalised instead of rewarded"),
+    # ------------------------------------------------------------------ model.py
+    mutant("model.py", "h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)",
+           "h = h * torch.rsqrt(h.pow(2).sum(-1, keepdim=True) + self.eps)",
+           MODEL + "test_logits_match_transformers", "RMSNorm over the sum of squares"),
+    mutant("model.py", "rotated = torch.cat([-x2, x1], dim=-1)", "rotated = torch.cat([x2, -x1], dim=-1)",
+           MODEL + "test_logits_match_transformers", "RoPE rotates the wrong way"),
+    mutant("model.py", "rope_theta=float(theta)", "rope_theta=10000.0",
+           MODEL + "test_logits_match_transformers", "config rope_theta ignored"),
+    mutant("model.py", "return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))",
+           "return self.down_proj(F.silu(self.up_proj(x)) * self.gate_proj(x))",
+           MODEL + "test_logits_match_transformers", "SwiGLU gate and up swapped"),
+    mutant("model.py", "y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)",
+           "y = F.scaled_dot_product_attention(q, k, v, is_causal=False, enable_gqa=gqa)",
+           MODEL + "test_logits_match_transformers", "attention not causal"),
+    mutant("model.py", "self.index = torch.cat([torch.arange(n, device=device) + i * self.L",
+           "self.index = torch.cat([torch.arange(n, device=device) + i * n",
+           MODEL + "test_packed_rows_equal_separate_sequences", "packed grid rows overlap"),
+    mutant("model.py", "logits = self.lm_head(hc).float() / temperature", "logits = self.lm_head(hc).float()",
+           MODEL + "test_token_logprobs_chunked_equals_full_log_softmax", "token_logprobs ignores the temperature"),
+    mutant("model.py", "return logp, lse - (p * logits).sum(-1)", "return logp, (p * logits).sum(-1) - lse",
+           MODEL + "test_token_logprobs_chunked_equals_full_log_softmax", "entropy with the wrong sign"),
+    mutant("model.py", 'state = {("" if k == "lm_head.weight" else "model.") + k:', 'state = {"model." + k:',
+           MODEL + "test_save_pretrained_loads_in_transformers", "lm_head saved under model."),
+    mutant("model.py", "if self.gradient_checkpointing and self.training and torch.is_grad_enabled():",
+           "if self.gradient_checkpointing and not self.training and torch.is_grad_enabled():",
+           MODEL + "test_gradient_checkpointing_gives_the_same_gradients", "activation checkpointing never runs in training"),
+    mutant("model.py", "if not (_SLOW_BF16_CPU and x.dtype == torch.bfloat16 and", "if not (_SLOW_BF16_CPU and x.dtype == torch.float16 and",
+           MODEL + "test_cpu_bf16_linear_route_matches_bf16_matmul", "the CPU bf16 route never taken"),
+    mutant("model.py", "x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, pack)",
+           "x = self.self_attn(self.input_layernorm(x), cos, sin, cache, pack)",
+           MODEL + "test_logits_match_transformers", "attention residual dropped"),
+    # ------------------------------------------------------------------ data.py
+    mutant("data.py", 'random.Random(f"{seed}:{epoch}").shuffle(order)', "random.Random(seed).shuffle(order)",
+           DATA + "test_dedupe_shuffle_shard", "every epoch in the same order"),
+    mutant("data.py", 'return re.sub(r"[\\s$]+", "", ', 'return re.sub(r"\\s+", "", ',
+           DATA + "test_dedupe_shuffle_shard", "dedup key keeps $ signs"),
+    mutant("data.py", "answer, solution = final.strip(), worked.strip()", "answer, solution = worked.strip(), final.strip()",
+           DATA + "test_field_mapping_gsm8k_amc_lists", "GSM8K answer and worked solution swapped"),
+    mutant("data.py", 'R1_TEMPLATE = "<｜begin▁of▁sentence｜><｜User｜>{content}<｜Assistant｜><think>\\n"',
+           'R1_TEMPLATE = "<｜begin▁of▁sentence｜><｜User｜>{content}<｜Assistant｜><think>"',
+           TOKENIZER + "test_r1_special_tokens_templates_and_round_trip", "R1 generation prompt without the newline"),
+    mutant("data.py", 'self.enc.encode_ordinary(unicodedata.normalize("NFC", piece) if self.nfc else piece)',
+           "self.enc.encode_ordinary(piece)",
+           TOKENIZER + "test_r1_special_tokens_templates_and_round_trip", "NFC normaliser not applied"),
+    # ------------------------------------------------------------------ sample.py
+    mutant("sample.py", "self.mask = (self.slots[:window] <= lens[:, None])", "self.mask = (self.slots[:window] < lens[:, None])",
+           SAMPLE + "test_greedy_with_cache_equals_full_forward", "decode does not attend to its own token"),
+    mutant("sample.py", "positions=lens[:, None], cache=c)", "positions=lens[:, None] + 1, cache=c)",
+           SAMPLE + "test_greedy_with_cache_equals_full_forward", "decode positions off by one"),
+    mutant("sample.py", 'take, reason[s] = i + 1, "stop"', 'take, reason[s] = i, "stop"',
+           SAMPLE + "test_stop_ids_and_max_new_tokens", "stop token dropped from the completion"),
+    mutant("sample.py", "logp = (logits / temperature).log_softmax(-1)", "logp = logits.log_softmax(-1)",
+           SAMPLE + "test_logprobs_equal_a_fresh_forward", "temperature ignored"),
+    mutant("sample.py", "before = probs.cumsum(-1) - probs", "before = probs.cumsum(-1)",
+           SAMPLE + "test_top_k_and_top_p_keep_only_their_sets", "top-p nucleus one token short"),
+    mutant("sample.py", "kth = logp.topk(top_k, dim=-1).values[:, -1:]", "kth = logp.topk(top_k, dim=-1).values[:, :1]",
+           SAMPLE + "test_top_k_and_top_p_keep_only_their_sets", "top-k keeps only the top token"),
+    mutant("sample.py", "torch.searchsorted(cdf, u * cdf[:, -1:], right=True)", "torch.searchsorted(cdf, u, right=True)",
+           SAMPLE + "test_top_k_and_top_p_keep_only_their_sets", "inverse CDF ignores the truncated mass"),
+    mutant("sample.py", "rows_of.setdefault(s // n, []).append((r, s))", "rows_of.setdefault(s % n, []).append((r, s))",
+           SAMPLE + "test_continuous_batching_equals_one_at_a_time", "sample rows given the wrong prompt"),
+    # ------------------------------------------------------------------ polish.py
+    mutant("polish.py", 'return len(MARKERS.findall(text.split("</think>", 1)[0]))', "return len(MARKERS.findall(text))",
+           POLISH + "test_selection_rule_prefers_exploratory_chains", "markers counted after </think> too"),
+    mutant("polish.py", "key=lambda i: (cands[i][0], cands[i][1], -i))", "key=lambda i: (cands[i][0], -cands[i][1], -i))",
+           POLISH + "test_selection_rule_prefers_exploratory_chains", "ties go to the shorter chain"),
+    mutant("polish.py", "return 1000.0 * markers(text) / max(tokens, 1)", "return markers(text) / max(tokens, 1)",
+           POLISH + "test_selection_rule_prefers_exploratory_chains", "score per token, not per 1,000"),
+    mutant("polish.py", "return min(max_positions, max_new_tokens) // 4", "return max(max_positions, max_new_tokens) // 4",
+           POLISH + "test_floor_default_and_cap", "length floor not capped"),
+    mutant("polish.py", 'if c and fin == "stop" and n >= floor:', "if c and n >= floor:",
+           POLISH + "test_rows_schema_acceptance_and_selection", "truncated chains accepted"),
+    mutant("polish.py", "c = bool(reward_of(c, x, think))", "c = bool(c)",
+           POLISH + "test_rows_schema_acceptance_and_selection", "</think> not required with the R1 template"),
+    mutant("polish.py", "good += len(line) + 1", "good += len(line)",
+           POLISH + "test_torn_line_and_resume", "torn-line repair cuts into the last good row"),
+    mutant("polish.py", 'if not s["cands"] and rnd < cfg.rounds:', 'if not s["cands"] and rnd <= cfg.rounds:',
+           POLISH + "test_rounds_resample_only_unsolved", "one round more than --rounds"),
+]
+
+# ------------------------------------------------------------------ verify.py
+VERIFY = ("tests/test_verify.py", "tests/test_verify_hostile.py")
+VERIFY_MUTANTS = [
+    mutant("verify.py", 's = response[response.rfind("</think>") + 8:]', 's = response[response.find("</think>") + 8:]',
+           VERIFY, "the answer read after the first </think> instead of the last"),
+    mutant("verify.py", 'return 1.0 if correct and (not require_think or "</think>" in response) else 0.0',
+           "return 1.0 if correct else 0.0", VERIFY, "the reward ignores the </think> requirement"),
+    mutant("verify.py", "    if answer is None:\n        return []\n",
+           '    if answer is None:\n        return [normalize("None")]\n', VERIFY,
+           "a None reference matches an answer that says None"),
+    mutant("verify.py", 'if len(letters) < 2 or letters != list("ABCDE"[:len(letters)]):', "if len(letters) < 2:",
+           VERIFY, "choices accepted out of order, so a letter maps to the wrong value"),
+    mutant("verify.py", "    for r in refs:\n        if not r or len(r) > MAX_LEN:",
+           "    for r in refs[:1]:\n        if not r or len(r) > MAX_LEN:", VERIFY,
+           "only the first of several equivalent reference forms is compared"),
+]
+
+# Changes that look like bugs and are not: listed with the reason, never run or counted.
+EQUIVALENT = [
+    (mutant("train.py", "pos += range(len(full))", "pos += range(start, start + len(full))", (),
+            "positions run on across the packed row instead of restarting per sequence"),
+     "each sequence attends only to itself, and RoPE's attention scores depend only on the distance "
+     "between two positions, so shifting all of a sequence's positions by one offset changes nothing "
+     "but rounding"),
+    (mutant("sample.py", "return tok, logp.gather(-1, tok[:, None])[:, 0]", "return tok, filt.gather(-1, tok[:, None])[:, 0]",
+            (), "log-prob taken after top-k/top-p truncation"),
+     "filt is logp with the dropped tokens set to -inf and is never renormalised; the sampled token "
+     "is always a kept one, so both read the same number"),
+    (mutant("data.py", "return repr(value)", "return str(value)", (), "numbers read with str()"),
+     "for int and float, str() and repr() are the same in Python 3 (27.0 stays '27.0')"),
+]
+
+
+def check_texts(mutants, need_tests: bool = True) -> list:
+    """Problems with the mutants' original texts: each must occur exactly once in its file."""
+    problems = []
+    for m in mutants:
+        text = (REPO / m.file).read_text(encoding="utf-8")
+        n = text.count(m.old)
+        if n != 1:
+            problems.append(f"{m.file}: the original text of '{m.bug}' occurs {n} times (must be once): {m.old!r}")
+        if need_tests and not m.tests:
+            problems.append(f"{m.file}: '{m.bug}' selects no tests")
+    return problems
+
+
+def make_copy(root: Path) -> Path:
+    """A copy of the repository under root (no .git, caches or runs), with ../shared linked."""
+    dest = root / REPO.name
+    ignore = shutil.ignore_patterns(".git", "__pycache__", ".pytest_cache", "runs", "*.pyc")
+    shutil.copytree(REPO, dest, ignore=ignore)
+    shared = REPO.parent / "shared"
+    if shared.is_dir():
+        (root / "shared").symlink_to(shared)
+    return dest
+
+
+def preload():
+    """Import the heavy libraries once, before forking; none of them imports the project's files."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ["PYTHONDONTWRITEBYTECODE"] = "1"          # also for the tests' own subprocesses
+    os.environ["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"   # no third-party pytest plugin is used
+    import pytest  # noqa: F401
+    import torch  # noqa: F401
+    try:
+        import transformers
+        # transformers imports lazily: touching the classes loads their modules now
+        transformers.AutoModelForCausalLM, transformers.Qwen2ForCausalLM, transformers.LlamaForCausalLM
+    except ImportError:
+        pass
+
+
+def child(copy: Path, tests, log: Path):
+    """In a forked child: run pytest on tests inside copy, output to log; never returns."""
+    code = 3
+    try:
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.setpgid(0, 0)                 # its own process group, so a timeout kills what it started
+        os.chdir(copy)
+        here = {str(REPO), str(REPO / "tests")}
+        sys.path[:] = [str(copy)] + [x for x in sys.path if x and os.path.abspath(x) not in here]
+        sys.dont_write_bytecode = True
+        import pytest
+        code = int(pytest.main(["-x", "-q", "-p", "no:cacheprovider", *tests]))
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def start(copy: Path, tests, log: Path) -> int:
+    """Fork a child running tests in copy; returns its pid."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        child(copy, tests, log)
+    return pid
+
+
+def verdict(code) -> str:
+    """pytest's exit code -> killed (tests failed, collection broke, or timeout), survived, or error
+    (a selection that ran nothing or was not understood: the mutant list needs fixing)."""
+    if code == 0:
+        return "survived"
+    if code in (1, 2, "timeout"):
+        return "killed"
+    return "error"
+
+
+def tail(log: Path, n: int = 2000) -> str:
+    """The end of a child's output, for a report."""
+    return log.read_text(errors="replace")[-n:] if log.exists() else ""
+
+
+def run_all(chosen, root: Path, workers: int) -> list:
+    """Test every mutant, `workers` at a time, each worker in its own copy. Returns
+    (verdict, seconds) per mutant and prints a line as each finishes."""
+    slots = []
+    for k in range(max(1, workers)):
+        (root / f"w{k}").mkdir()
+        slots.append(dict(copy=make_copy(root / f"w{k}"), log=root / f"w{k}.log", pid=None))
+    todo = list(range(len(chosen)))
+    results = [None] * len(chosen)
+    while todo or any(sl["pid"] for sl in slots):
+        for sl in slots:
+            if sl["pid"] is None and todo:
+                i = todo.pop(0)
+                m = chosen[i]
+                path = sl["copy"] / m.file
+                sl.update(i=i, path=path, original=path.read_text(encoding="utf-8"), t0=time.time())
+                if sl["original"].count(m.old) != 1:     # the file changed since the check: never a silent no-op
+                    results[i] = ("error", 0.0)
+                    print(f"ERROR    {m.file}: the original text of '{m.bug}' is not in the copy once", flush=True)
+                    continue
+                path.write_text(sl["original"].replace(m.old, m.new, 1), encoding="utf-8")
+                sl["pid"] = start(sl["copy"], m.tests, sl["log"])
+        pid, status = os.waitpid(-1, os.WNOHANG)
+        if pid == 0:
+            for sl in slots:
+                if sl["pid"] and time.time() - sl["t0"] > TIMEOUT_S and not sl.get("timed_out"):
+                    sl["timed_out"] = True
+                    try:
+                        os.killpg(sl["pid"], signal.SIGKILL)
+                    except ProcessLookupError:   # it ended meanwhile; waitpid collects it next
+                        pass
+            time.sleep(0.05)
+            continue
+        sl = next(x for x in slots if x["pid"] == pid)
+        code = "timeout" if sl.pop("timed_out", False) else os.waitstatus_to_exitcode(status)
+        sl["path"].write_text(sl["original"], encoding="utf-8")
+        sl["pid"] = None
+        m, secs, v = chosen[sl["i"]], time.time() - sl["t0"], verdict(code)
+        results[sl["i"]] = (v, secs)
+        print(f"{v.upper():8} {secs:5.1f}s  {m.file:9} {m.bug}", flush=True)
+        if v == "error":
+            print(tail(sl["log"]), flush=True)
+    return results
+
+
+def main(argv=None):
+    """Check every mutant's text, run the baseline, run the mutants, report; exit 2 on errors."""
+    ap = argparse.ArgumentParser(description="Apply plausible one-line bugs one at a time and run the tests that should catch them.")
+    ap.add_argument("--only", default="", help="run only the mutants whose file, bug or tests contain this text")
+    ap.add_argument("--workers", type=int, default=2, help="mutants tested in parallel, each in its own copy")
+    ap.add_argument("--no-baseline", action="store_true", help="skip the run of every selected test on unmodified code")
+    ap.add_argument("--list", action="store_true", help="print the mutants and the equivalent changes, run nothing")
+    args = ap.parse_args(argv)
+    chosen = [m for m in MUTANTS + VERIFY_MUTANTS
+              if not args.only or any(args.only in x for x in (m.file, m.bug, *m.tests))]
+    problems = check_texts(chosen) + check_texts([m for m, _ in EQUIVALENT], need_tests=False)
+    if not chosen:
+        problems.append(f"no mutant matches --only {args.only!r}")
+    if args.list:
+        for m in chosen:
+            print(f"{m.file:9} {m.bug}\n          {m.old!r} -> {m.new!r}\n          {' '.join(m.tests)}")
+        for m, why in EQUIVALENT:
+            print(f"equivalent: {m.file} {m.old!r} -> {m.new!r}: {why}")
+    if problems:
+        print("\n".join(problems))
+        sys.exit(2)
+    if args.list:
+        return
+    preload()
+    t0 = time.time()
+    with tempfile.TemporaryDirectory(prefix="mutation-") as tmp:
+        root = Path(tmp)
+        if not args.no_baseline:
+            tests = sorted({t for m in chosen for t in m.tests})
+            (root / "baseline").mkdir()
+            pid = start(make_copy(root / "baseline"), tests, root / "baseline.log")
+            code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+            print(f"baseline: {len(tests)} test selections on unmodified code, {time.time() - t0:.0f}s: "
+                  f"{'pass' if code == 0 else 'FAIL'}", flush=True)
+            if code != 0:
+                print(tail(root / "baseline.log"))
+                sys.exit(2)
+        results = run_all(chosen, root, args.workers)
+    verdicts = [r[0] for r in results]
+    survivors = [m for m, v in zip(chosen, verdicts) if v == "survived"]
+    errors = [m for m, v in zip(chosen, verdicts) if v == "error"]
+    print(f"\n{len(EQUIVALENT)} equivalent changes, not counted:")
+    for m, why in EQUIVALENT:
+        print(f"  {m.file}: {m.bug}: {why}")
+    if survivors:
+        print("survivors:")
+        for m in survivors:
+            print(f"  {m.file}: {m.bug} ({' '.join(m.tests)})")
+    if errors:
+        print("errors (fix the selection):", *[f"{m.file}: {m.bug}" for m in errors], sep="\n  ")
+    print(f"{time.time() - t0:.0f}s, {args.workers} workers")
+    print(f"killed {verdicts.count('killed')} of {len(chosen)} mutants")
+    if errors:
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
