@@ -149,6 +149,28 @@ def print0(*args, **kw):
         print(*args, **kw, flush=True)
 
 
+# ----------------------------------------------------------------------------- data order
+
+def take(recs: list, seed: int, pos: int, count: int) -> list:
+    """The records at global positions pos .. pos + count - 1 of the training stream (GRPO's prompt
+    batches and the warm-up's batches both read it).
+
+    Position p is index p % n of epoch p // n, whose order is epoch_order(n, seed, p // n). A
+    batch that crosses an epoch boundary finishes the old epoch's permutation and continues
+    with the new one, so every record is seen exactly once per epoch. The order depends only on
+    (seed, pos), so every rank draws the same batch and a resumed run continues where it left off.
+    """
+    n = len(recs)
+    orders = {}   # one permutation per epoch the batch touches (a batch may span several)
+    picked = []
+    for p in range(pos, pos + count):
+        epoch = p // n
+        if epoch not in orders:
+            orders[epoch] = epoch_order(n, seed, epoch)
+        picked.append(recs[orders[epoch][p % n]])
+    return picked
+
+
 # ----------------------------------------------------------------------------- rollouts
 
 def rollout(sampler, tok, recs, cfg, seed, require_think):
@@ -220,11 +242,44 @@ def all_sum(x: torch.Tensor, world: int) -> torch.Tensor:
     return x
 
 
+def all_sum_named(values: dict, world: int, device) -> dict:
+    """Metric bookkeeping: each named scalar summed over all ranks, in one all_reduce.
+
+    Every rank must call it with the same names in the same order (dicts keep insertion order)."""
+    if world == 1:
+        return dict(values)
+    t = torch.tensor([float(v) for v in values.values()], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return dict(zip(values, t.tolist()))
+
+
+def add_sums(a: dict, b: dict) -> dict:
+    """Metric bookkeeping: the element-wise sum of two dicts of named sums (a missing name is 0)."""
+    return {k: a.get(k, 0.0) + b.get(k, 0.0) for k in {**a, **b}}
+
+
+def token_means(sums: dict, world: int, device) -> dict:
+    """The GRPO update's logged metrics from train_minibatch's per-rank sums, the same under any
+    world size: entropy, KL (k3 to the reference) and clip fraction are per-token means over every
+    rank's completion tokens; loss is the whole batch's (the sum of the ranks' shares)."""
+    tot = all_sum_named({k: sums.get(k, 0.0) for k in METRIC_SUMS}, world, device)
+    n_tok = max(1.0, tot["tokens"])
+    return dict(entropy=tot["entropy"] / n_tok, kl=tot["kl"] / n_tok, clip_frac=tot["clipped"] / n_tok,
+                loss=tot["loss"])
+
+
+# What train_minibatch sums on each rank: this rank's share of the loss (the shares add up to the
+# mini-batch loss, each already divided by the whole batch's tokens or sequences), and the sums of
+# per-token KL, entropy and clipped flags with the number of tokens they are over.
+METRIC_SUMS = ("loss", "kl", "entropy", "clipped", "tokens")
+
+
 def train_minibatch(ddp_model, model, seqs, cfg, device, world, amp, sft=False):
     """Accumulate gradients of one mini-batch over packed micro-batches (no optimizer step).
 
     Every rank runs the same number of micro-batches (padding with empty ones) because DDP
-    synchronises on each backward that is not under no_sync. Returns summed metrics.
+    synchronises on each backward that is not under no_sync. Returns this rank's metric sums
+    (METRIC_SUMS by name; token_means turns them into the logged values).
     """
     mbs = pack(seqs, cfg.micro_tokens)
     counts = torch.tensor([0, sum(len(s["tokens"]) for s in seqs), len(seqs)], dtype=torch.float64, device=device)
@@ -234,7 +289,7 @@ def train_minibatch(ddp_model, model, seqs, cfg, device, world, amp, sft=False):
         dist.all_reduce(counts)
         mbs += [[]] * (int(n) - len(mbs))
     batch_tokens, batch_seqs = int(counts[1]), int(counts[2])
-    m = torch.zeros(5, dtype=torch.float64, device=device)  # loss sum, kl, entropy, clipped, tokens
+    m = dict.fromkeys(METRIC_SUMS, 0.0)
     for k, mb in enumerate(mbs):
         sync = k == len(mbs) - 1
         ctx = ddp_model.no_sync() if (world > 1 and not sync) else contextlib.nullcontext()
@@ -257,9 +312,11 @@ def train_minibatch(ddp_model, model, seqs, cfg, device, world, amp, sft=False):
                                                        cfg.kl_coef, cfg.entropy_coef)
                 loss = grpo.aggregate(tok_loss, idx, lens, cfg.loss_agg, cfg.ctx, batch_tokens, batch_seqs)
             (loss * world).backward()  # DDP averages gradients over ranks; the loss already divides by all
-            m += torch.tensor([float(loss.detach()) * world, float(parts.get("kl", torch.zeros(1)).sum()),
-                               float(ent.detach().sum()), float(parts.get("clipped", torch.zeros(1)).float().sum()),
-                               len(logp)], dtype=torch.float64, device=device)
+            m["loss"] += float(loss.detach())   # this rank's share: the ranks' shares add up to the loss
+            m["kl"] += float(parts.get("kl", torch.zeros(1)).sum())
+            m["entropy"] += float(ent.detach().sum())
+            m["clipped"] += float(parts.get("clipped", torch.zeros(1)).float().sum())
+            m["tokens"] += len(logp)
     return m
 
 
@@ -333,6 +390,51 @@ def find_resume(cfg) -> str:
     return os.path.join(root, steps[-1])
 
 
+def refuse_used_out(cfg):
+    """Run-folder bookkeeping: a fresh run (no --resume) must not write into another run's folder.
+
+    Appending to another run's metrics.jsonl would mix two runs' curves, and its checkpoints
+    would be taken for this run's by --resume auto. The toy's own set-up files (toy_model/,
+    train.jsonl, heldout.jsonl, config.json) are reusable, so a run killed before its first
+    GRPO step can simply be started again. An empty metrics.jsonl holds no run's rows.
+    """
+    metrics = os.path.join(cfg.out, "metrics.jsonl")
+    checkpoints = os.path.join(cfg.out, "checkpoints")
+    used = []
+    if os.path.isfile(metrics) and os.path.getsize(metrics) > 0:
+        used.append(metrics)
+    if os.path.isdir(checkpoints):
+        used.append(checkpoints)
+    if used:
+        raise SystemExit(f"{cfg.out} already holds another run ({', '.join(used)}): continue it with "
+                         f"--resume auto, or start a new run with a fresh --out")
+
+
+def truncate_metrics(out: str, step: int):
+    """Run-folder bookkeeping on resume: keep only metrics.jsonl's rows up to the resumed step.
+
+    The rows past the checkpoint were written by steps the resumed run repeats; dropping them
+    keeps exactly one row per step. Written to a temporary file and swapped in with os.replace,
+    so a crash here leaves the old file whole. A torn last line (a run killed mid-write) goes too.
+    """
+    path = os.path.join(out, "metrics.jsonl")
+    if not os.path.isfile(path):
+        return
+    kept = []
+    with open(path) as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if row.get("step", 0) <= step:
+                kept.append(line if line.endswith("\n") else line + "\n")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.writelines(kept)
+    os.replace(tmp, path)
+
+
 # ----------------------------------------------------------------------------- main
 
 def main(argv=None):
@@ -358,6 +460,8 @@ def main(argv=None):
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     if cfg.prompts_per_step % world:
         raise SystemExit(f"--prompts-per-step {cfg.prompts_per_step} must divide evenly over {world} ranks")
+    if not cfg.resume:
+        refuse_used_out(cfg)   # before any model is loaded: a mistake costs nothing
     amp = cfg.amp and device.type == "cuda"
     torch.manual_seed(cfg.seed)
     os.makedirs(cfg.out, exist_ok=True)
@@ -412,6 +516,8 @@ def main(argv=None):
         state = torch.load(os.path.join(src, "trainer_state.pt"), map_location="cpu", weights_only=False)
         start_step, data_pos = state["step"], state["data_pos"]
         torch.set_rng_state(state["rng"])
+        if rank == 0:
+            truncate_metrics(cfg.out, start_step)
         print0(f"resuming from {src} at step {start_step} (ctx {state['config']['ctx']} -> {cfg.ctx})")
     model = Transformer.from_pretrained(src, device=device, dtype=torch.float32)
     model.gradient_checkpointing = cfg.grad_ckpt
@@ -440,15 +546,14 @@ def main(argv=None):
         eos = tok.eos_ids[:1]
         model.train()
         for k in range(cfg.sft_steps):
-            order = epoch_order(len(sft_recs), cfg.seed, k * cfg.sft_batch // len(sft_recs))
-            pick = [sft_recs[order[(k * cfg.sft_batch + j) % len(sft_recs)]] for j in range(cfg.sft_batch)]
+            pick = take(sft_recs, cfg.seed, k * cfg.sft_batch, cfg.sft_batch)
             seqs = [dict(prompt=r["prompt_ids"], tokens=tok.encode(r["solution"]) + eos) for r in shard(pick, rank, world)]
             m = train_minibatch(ddp_model, model, seqs, cfg, device, world, amp, sft=True)
             for group in opt.param_groups:   # linear decay to 0: the last steps settle instead of bouncing
                 group["lr"] = cfg.sft_lr * (1 - k / cfg.sft_steps)
             optimizer_step(model, opt, cfg.grad_clip)
-            if k % 20 == 0 or k == cfg.sft_steps - 1:
-                print0(f"warm-up {k + 1}/{cfg.sft_steps}: loss {float(m[0]):.3f}")
+            if k % 20 == 0 or k == cfg.sft_steps - 1:   # every rank reaches here: the sum is collective
+                print0(f"warm-up {k + 1}/{cfg.sft_steps}: loss {token_means(m, world, device)['loss']:.3f}")
         del opt
         sync_sampler()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -476,8 +581,7 @@ def main(argv=None):
         t_step = time.time()
         seqs, t_sample, t_grade, groups_kept, rounds = [], 0.0, 0.0, 0, 0
         while True:  # one round, plus refills when dynamic sampling drops zero-variance groups
-            order = epoch_order(len(train_recs), cfg.seed, data_pos // len(train_recs))
-            glob_batch = [train_recs[order[(data_pos + j) % len(train_recs)]] for j in range(cfg.prompts_per_step)]
+            glob_batch = take(train_recs, cfg.seed, data_pos, cfg.prompts_per_step)
             data_pos += cfg.prompts_per_step
             model.eval()
             t0 = time.time()
@@ -503,11 +607,12 @@ def main(argv=None):
         if ref is not None:
             score(ref, seqs, cfg, device, amp, "ref_logp")
         groups = sorted({s["group"] for s in seqs})
-        m = torch.zeros(5, dtype=torch.float64, device=device)
+        m = {}
         norms, skipped = [], 0
         for u in range(cfg.updates_per_step):  # each mini-batch is a slice of whole groups
             part = set(groups[u::cfg.updates_per_step])
-            m += train_minibatch(ddp_model, model, [s for s in seqs if s["group"] in part], cfg, device, world, amp)
+            m = add_sums(m, train_minibatch(ddp_model, model, [s for s in seqs if s["group"] in part], cfg, device,
+                                            world, amp))
             norm = optimizer_step(model, opt, cfg.grad_clip)
             norms.append(norm if norm is not None else float("nan"))
             skipped += norm is None
@@ -522,11 +627,11 @@ def main(argv=None):
         tot, mx = all_sum(loc, world), torch.tensor([max(lens, default=0)], device=device)
         if world > 1:
             dist.all_reduce(mx, op=dist.ReduceOp.MAX)
-        n_tok = max(1.0, float(m[4]))
+        means = token_means(m, world, device)   # over every rank's tokens, not rank 0's alone
         row = dict(step=step + 1, reward=float(tot[0] / tot[2]), accuracy=float(tot[1] / tot[2]),
                    len_mean=float(tot[3] / tot[2]), len_max=int(mx), truncated=float(tot[4] / tot[2]),
-                   zero_var=float(tot[5] / tot[6]), entropy=float(m[2]) / n_tok / world, kl=float(m[1]) / n_tok / world,
-                   clip_frac=float(m[3]) / n_tok / world, grad_norm=sum(norms) / len(norms), loss=float(m[0]) / world,
+                   zero_var=float(tot[5] / tot[6]), entropy=means["entropy"], kl=means["kl"],
+                   clip_frac=means["clip_frac"], grad_norm=sum(norms) / len(norms), loss=means["loss"],
                    tok_per_s=float(tot[3]) / max(1e-9, t_sample), sample_s=t_sample, grade_s=t_grade,
                    train_s=t_train, step_s=time.time() - t_step, skipped=skipped, data_pos=data_pos)
         print0(f"step {row['step']:>5} | reward {row['reward']:.3f} acc {row['accuracy']:.3f} | len "

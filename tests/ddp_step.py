@@ -3,7 +3,8 @@
     python tests/ddp_step.py OUT.pt                               # one process, all sequences
     torchrun --nproc_per_node=2 tests/ddp_step.py OUT.pt          # each rank half of them
 
-Rank 0 writes the parameters after the optimizer step to OUT.pt. Rank 0 gets more tokens than
+Rank 0 writes the parameters after the optimizer step and the update's logged metrics
+(train.token_means: entropy, KL, clip fraction, loss) to OUT.pt. Rank 0 gets more tokens than
 rank 1, so the ranks pack different numbers of micro-batches and the padding path runs too.
 """
 import os
@@ -40,10 +41,11 @@ cfg = train.Config(micro_tokens=20, kl_coef=0.01, entropy_coef=0.01, temperature
 mine = seqs if world == 1 else (seqs[:4] if rank == 0 else seqs[4:])
 ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
 opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-train.train_minibatch(ddp, model, mine, cfg, torch.device("cpu"), world, amp=False)
+sums = train.train_minibatch(ddp, model, mine, cfg, torch.device("cpu"), world, amp=False)
+metrics = train.token_means(sums, world, torch.device("cpu"))     # collective: every rank calls it
 train.optimizer_step(model, opt, cfg.grad_clip)
 if rank == 0:
-    torch.save({k: v.clone() for k, v in model.state_dict().items()}, sys.argv[1])
+    torch.save({"params": {k: v.clone() for k, v in model.state_dict().items()}, "metrics": metrics}, sys.argv[1])
 if world > 1:
     del ddp     # it holds the group too: drop it so destroy_process_group joins gloo's threads
     dist.destroy_process_group()

@@ -20,15 +20,20 @@ def run(args, cwd, env=None, timeout=600):
 
 
 def test_two_process_ddp_step_equals_one_process(tmp_path):
-    """2 gloo ranks (uneven micro-batch counts) == 1 process over all sequences; fp32, atol 1e-6."""
+    """2 gloo ranks (uneven micro-batch counts) == 1 process over all sequences: the weights after
+    the step (fp32, atol 1e-6) and the logged entropy, KL, clip fraction and loss."""
     one = run([sys.executable, str(REPO / "tests/ddp_step.py"), str(tmp_path / "one.pt")], tmp_path)
     assert one.returncode == 0, one.stderr
     two = run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
                str(REPO / "tests/ddp_step.py"), str(tmp_path / "two.pt")], tmp_path)
     assert two.returncode == 0, two.stderr[-3000:]
     a, b = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+    for k in a["params"]:
+        torch.testing.assert_close(a["params"][k], b["params"][k], rtol=0, atol=1e-6, msg=k)
+    assert a["metrics"].keys() == b["metrics"].keys() == {"entropy", "kl", "clip_frac", "loss"}
+    assert a["metrics"]["kl"] > 0 and a["metrics"]["clip_frac"] > 0 and a["metrics"]["loss"] != 0
+    for k, v in a["metrics"].items():
+        assert b["metrics"][k] == pytest.approx(v, rel=1e-5, abs=1e-7), k
 
 
 # Every flag the resume test's meaning depends on is explicit (not the toy's defaults): the KL
@@ -140,3 +145,58 @@ def test_bench_grpo_step_reports_its_split(tmp_path):
     line = r.stdout.strip().splitlines()[-1]
     assert re.match(r"GRPO step, 4 prompts x 2 samples, ctx 8: [\d.]+ s .* \| sample [\d.]+ s \(\d+%\), "
                     r"grade [\d.]+ s \(\d+%\), train [\d.]+ s \(\d+%\), other", line), line
+
+
+def test_data_order_visits_each_epoch_once_in_uneven_steps():
+    """train.take walked over 3 epochs of 10 records in steps of uneven size (two cross an epoch
+    boundary): every record exactly once per epoch, in epoch_order's order."""
+    from data import epoch_order
+    recs = [f"r{i}" for i in range(10)]
+    seen, pos = [], 0
+    for count in [3, 4, 6, 2, 7, 1, 5, 2]:      # boundaries at 10 and 20 fall inside steps
+        seen += train.take(recs, 7, pos, count)
+        pos += count
+    assert pos == 30
+    for e in range(3):
+        epoch = seen[10 * e:10 * (e + 1)]
+        assert sorted(epoch) == sorted(recs), e
+        assert epoch == [recs[i] for i in epoch_order(10, 7, e)], e
+    assert train.take(recs, 7, 8, 14) == seen[8:22]   # a step longer than an epoch
+
+
+def test_resume_drops_the_metrics_rows_past_its_checkpoint(tmp_path):
+    """A run killed after writing step 2's row but before its checkpoint, resumed from step 1:
+    metrics.jsonl holds steps [1, 2], one row each, and step 2's row is the resumed run's."""
+    def train_py(*args):
+        r = run([sys.executable, str(REPO / "train.py"), *TINY, "--sft-steps", "0", "--out", "b", *args], tmp_path)
+        assert r.returncode == 0, r.stderr[-3000:]
+
+    train_py("--steps", "1")
+    path = tmp_path / "b/metrics.jsonl"
+    stale = json.dumps(dict(step=2, reward=-1.0)) + "\n"
+    path.write_text(path.read_text() + stale)        # the killed run's step 2 (its checkpoint never written)
+    train_py("--steps", "2", "--resume", "auto")
+    rows = [json.loads(line) for line in open(path)]
+    assert [r["step"] for r in rows] == [1, 2] and rows[1]["reward"] >= 0
+
+
+def test_fresh_run_into_a_used_folder_is_refused(tmp_path):
+    """Without --resume, a folder holding metrics or checkpoints stops the run before any model is
+    loaded, naming --resume and --out; the toy's set-up files alone (a run killed in its warm-up)
+    do not."""
+    import toy
+    toy.prepare(str(tmp_path / "toy"), seed=0)       # what a run killed during the warm-up leaves
+    (tmp_path / "toy/config.json").write_text("{}")
+    for used in ("metrics.jsonl", "checkpoints/step_000001"):
+        out = tmp_path / used.split("/")[0].replace(".", "_")
+        (out / used).parent.mkdir(parents=True, exist_ok=True)
+        if used.endswith(".jsonl"):
+            (out / used).write_text('{"step": 1}\n')
+        else:
+            (out / used).mkdir()
+        r = run([sys.executable, str(REPO / "train.py"), *TINY, "--out", str(out)], tmp_path)
+        assert r.returncode != 0 and "--resume" in r.stderr and "fresh --out" in r.stderr, r.stderr[-3000:]
+        assert "Traceback" not in r.stderr and "params" not in r.stdout   # no model was loaded
+    r = run([sys.executable, str(REPO / "train.py"), *TINY, "--sft-steps", "0", "--steps", "1", "--out", "toy"],
+            tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]

@@ -128,8 +128,8 @@ def test_fresh_samples_give_ratio_one_and_loss_minus_token_mean_advantage():
     got = grads_of(model)
     n_tok = sum(len(s["tokens"]) for s in seqs)
     want = -sum(s["adv"] * len(s["tokens"]) for s in seqs) / n_tok
-    assert float(m[0]) == pytest.approx(want, abs=1e-6)
-    assert float(m[3]) == 0.0 and float(m[4]) == n_tok                      # clipped tokens, tokens
+    assert m["loss"] == pytest.approx(want, abs=1e-6)
+    assert m["clipped"] == 0.0 and m["tokens"] == n_tok                      # clipped tokens, tokens
     model.zero_grad()
     ref = -sum(s["adv"] * plain_logprobs(model, s, T).sum() for s in seqs) / n_tok
     ref.backward()
@@ -158,10 +158,10 @@ def test_loss_and_gradients_do_not_depend_on_the_micro_batch_split(loss_agg):
         results.append((len(train.pack(seqs, micro_tokens)), m, grads_of(model)))
     assert [r[0] for r in results] == [1, len(train.pack(seqs, 60)), len(seqs)] and results[1][0] > 2
     (_, m0, g0), rest = results[0], results[1:]
-    assert 0 < float(m0[3]) < float(m0[4])                                 # some tokens clipped
+    assert 0 < m0["clipped"] < m0["tokens"]                                 # some tokens clipped
     with torch.no_grad():
         want = expected_loss(model, seqs, cfg)
-    assert float(m0[0]) == pytest.approx(float(want), abs=1e-5)
+    assert m0["loss"] == pytest.approx(float(want), abs=1e-5)
     for _, m, grads in rest:
         torch.testing.assert_close(m, m0, rtol=1e-5, atol=1e-6)
         for a, b in zip(grads, g0):
@@ -180,7 +180,7 @@ def test_warm_up_loss_is_the_mean_negative_log_likelihood():
     model.zero_grad()
     want = -sum(plain_logprobs(model, s, 1.0).sum() for s in seqs) / n_tok
     want.backward()
-    assert float(m[0]) == pytest.approx(float(want.detach()), abs=1e-5)
+    assert m["loss"] == pytest.approx(float(want.detach()), abs=1e-5)
     for a, b in zip(got, grads_of(model)):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
