@@ -23,6 +23,7 @@ import argparse
 import contextlib
 import copy
 import json
+import math
 import os
 import re
 import shutil
@@ -135,7 +136,47 @@ def parse_config(argv) -> tuple[Config, set]:
         ap.error(f"--loss-agg must be one of {grpo.AGGREGATIONS}, not {cfg.loss_agg!r}")
     if cfg.model and not cfg.data:
         ap.error("--model needs --data (a records file; see data.py)")
+    problem = range_problem(cfg)
+    if problem:
+        ap.error(problem)
     return cfg, set(given)
+
+
+# The smallest value each numeric flag may take, and whether that bound is itself allowed.
+# Anything outside is refused before a model is loaded: these mistakes otherwise surface late
+# (--lr -1 after the whole warm-up) or never (--temperature 0 makes every GRPO step NaN).
+LOWER_BOUNDS = {
+    "ctx": (1, True), "prompt_budget": (1, True), "prompts_per_step": (1, True),
+    "samples": (2, True),              # a group of one has no spread: its advantage is always 0
+    "temperature": (0.0, False),       # the log-probs divide by it; 0 would be greedy, not sampling
+    "top_p": (0.0, False), "max_refill_rounds": (0, True), "kv_budget_gb": (0.0, True),
+    "lr": (0.0, True), "weight_decay": (0.0, True), "grad_clip": (0.0, False),
+    "updates_per_step": (1, True), "clip_low": (0.0, True), "clip_high": (0.0, True),
+    "kl_coef": (0.0, True), "entropy_coef": (0.0, True), "micro_tokens": (1, True),
+    "sft_steps": (0, True), "sft_lr": (0.0, True), "sft_batch": (1, True), "steps": (0, True),
+    "save_every": (0, True), "keep": (1, True), "eval_every": (0, True), "eval_samples": (1, True),
+    "eval_temperature": (0.0, True), "eval_top_p": (0.0, False), "show_every": (1, True),
+    "max_bad_steps": (1, True),
+}
+
+
+def range_problem(cfg: Config) -> str:
+    """The first flag whose value is out of range, as a message naming flag and value; "" if none."""
+    for name, (low, inclusive) in LOWER_BOUNDS.items():
+        value = getattr(cfg, name)
+        flag = "--" + name.replace("_", "-")
+        if not math.isfinite(value):
+            return f"{flag} must be a finite number, not {value}"
+        if value < low or (value == low and not inclusive):
+            relation = ">=" if inclusive else ">"
+            return f"{flag} must be {relation} {low}, not {value}"
+    for name in ("top_p", "eval_top_p", "clip_low"):
+        if getattr(cfg, name) > 1:
+            return f"--{name.replace('_', '-')} must be <= 1, not {getattr(cfg, name)}"
+    if not 0 <= cfg.pass_rate_min < cfg.pass_rate_max <= 1:
+        return (f"--pass-rate-min and --pass-rate-max must satisfy 0 <= min < max <= 1, "
+                f"not {cfg.pass_rate_min} and {cfg.pass_rate_max}")
+    return ""
 
 
 # Without CUDA the policy samples itself (amp is off, so there is no bf16 copy to keep in sync).
@@ -460,6 +501,9 @@ def main(argv=None):
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     if cfg.prompts_per_step % world:
         raise SystemExit(f"--prompts-per-step {cfg.prompts_per_step} must divide evenly over {world} ranks")
+    if cfg.updates_per_step > cfg.prompts_per_step // world:   # each update takes a slice of a rank's groups
+        raise SystemExit(f"--updates-per-step {cfg.updates_per_step} exceeds the {cfg.prompts_per_step // world} "
+                         f"prompt groups each of {world} ranks holds per step")
     if not cfg.resume:
         refuse_used_out(cfg)   # before any model is loaded: a mistake costs nothing
     amp = cfg.amp and device.type == "cuda"

@@ -114,6 +114,14 @@ def test_toy_grpo_raises_heldout_accuracy(tmp_path, seed):
     (["--model", "m"], "--model needs --data"),
     (["--loss-agg", "mean"], "--loss-agg must be one of"),
     (["--think", "maybe"], "--think must be yes, no or auto"),
+    (["--temperature", "0"], "--temperature must be > 0.0, not 0.0"),
+    (["--temperature", "nan"], "--temperature must be a finite number, not nan"),
+    (["--updates-per-step", "0"], "--updates-per-step must be >= 1, not 0"),
+    (["--lr", "-1"], "--lr must be >= 0.0, not -1.0"),
+    (["--ctx", "0"], "--ctx must be >= 1, not 0"),
+    (["--samples", "1"], "--samples must be >= 2, not 1"),
+    (["--top-p", "1.5"], "--top-p must be <= 1, not 1.5"),
+    (["--pass-rate-min", "0.5", "--pass-rate-max", "0.5"], "must satisfy 0 <= min < max <= 1"),
 ])
 def test_bad_flags_are_explained(argv, message, capsys):
     with pytest.raises(SystemExit):
@@ -200,3 +208,10 @@ def test_fresh_run_into_a_used_folder_is_refused(tmp_path):
     r = run([sys.executable, str(REPO / "train.py"), *TINY, "--sft-steps", "0", "--steps", "1", "--out", "toy"],
             tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
+
+
+def test_more_updates_than_prompt_groups_is_refused_before_loading(tmp_path):
+    """Each update takes a slice of a rank's prompt groups: more updates than groups is an error."""
+    with pytest.raises(SystemExit, match="--updates-per-step 9 exceeds the 8 prompt groups"):
+        train.main(["--prompts-per-step", "8", "--updates-per-step", "9", "--out", str(tmp_path / "run")])
+    assert not os.path.exists(tmp_path / "run")      # refused before anything was written
