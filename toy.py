@@ -134,15 +134,18 @@ def running_sums(digits: tuple) -> str:
     return "".join(lines)
 
 
+def paths(out: str) -> tuple[str, str, str]:
+    """Where the toy's set-up lives under a run folder: (model_dir, train_path, heldout_path)."""
+    return os.path.join(out, "toy_model"), os.path.join(out, "train.jsonl"), os.path.join(out, "heldout.jsonl")
+
+
 def prepare(out: str, seed: int) -> tuple[str, str, str]:
     """The toy's model folder, training set and held-out set under `out`; built only if missing.
 
     Every piece is written to a temporary name and renamed into place, so a run killed
     while building leaves nothing that the next run would take for a finished file.
     Returns (model_dir, train_path, heldout_path)."""
-    model_dir = os.path.join(out, "toy_model")
-    train_path = os.path.join(out, "train.jsonl")
-    heldout_path = os.path.join(out, "heldout.jsonl")
+    model_dir, train_path, heldout_path = paths(out)
     os.makedirs(out, exist_ok=True)
     if not os.path.isfile(os.path.join(model_dir, "config.json")):
         tmp_dir = model_dir + ".tmp"

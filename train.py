@@ -277,12 +277,6 @@ def forward_logprobs(ddp_model, model, mb, temperature, device, amp, with_entrop
                                     with_entropy=with_entropy)
 
 
-def all_sum(x: torch.Tensor, world: int) -> torch.Tensor:
-    if world > 1:
-        dist.all_reduce(x)
-    return x
-
-
 def all_sum_named(values: dict, world: int, device) -> dict:
     """Metric bookkeeping: each named scalar summed over all ranks, in one all_reduce.
 
@@ -517,7 +511,7 @@ def main(argv=None):
             toy.prepare(cfg.out, seed=cfg.seed)     # builds what is missing, atomically
         if world > 1:
             dist.barrier()
-        model_dir, train_path, heldout_path = toy.prepare(cfg.out, seed=cfg.seed)
+        model_dir, train_path, heldout_path = toy.paths(cfg.out)
         cfg.model = model_dir
         cfg.data = cfg.data or train_path
         cfg.eval_data = cfg.eval_data or heldout_path
@@ -638,7 +632,7 @@ def main(argv=None):
                 got = [dict(s, group=s["group"] + 1_000_000 * rounds) for s in got if s["group"] in spread]
             seqs += got
             rounds += 1
-            groups_kept = int(all_sum(torch.tensor([len({s['group'] for s in seqs})], device=device), world))
+            groups_kept = int(all_sum_named(dict(groups=len({s["group"] for s in seqs})), world, device)["groups"])
             if not cfg.dynamic_sampling or groups_kept >= cfg.prompts_per_step or rounds > cfg.max_refill_rounds:
                 break
         t0 = time.time()
@@ -666,17 +660,19 @@ def main(argv=None):
         # --- metrics over all ranks
         lens = [len(s["tokens"]) for s in seqs]
         zero_var = sum(1 for g in groups if len({s["reward"] for s in seqs if s["group"] == g}) == 1)
-        loc = torch.tensor([sum(s["reward"] for s in seqs), sum(s["correct"] for s in seqs), len(seqs), sum(lens),
-                            sum(s["truncated"] for s in seqs), zero_var, len(groups)], dtype=torch.float64, device=device)
-        tot, mx = all_sum(loc, world), torch.tensor([max(lens, default=0)], device=device)
+        tot = all_sum_named(dict(reward=sum(s["reward"] for s in seqs), correct=sum(s["correct"] for s in seqs),
+                                 samples=len(seqs), tokens=sum(lens), truncated=sum(s["truncated"] for s in seqs),
+                                 zero_var=zero_var, groups=len(groups)), world, device)
+        mx = torch.tensor([max(lens, default=0)], device=device)
         if world > 1:
             dist.all_reduce(mx, op=dist.ReduceOp.MAX)
         means = token_means(m, world, device)   # over every rank's tokens, not rank 0's alone
-        row = dict(step=step + 1, reward=float(tot[0] / tot[2]), accuracy=float(tot[1] / tot[2]),
-                   len_mean=float(tot[3] / tot[2]), len_max=int(mx), truncated=float(tot[4] / tot[2]),
-                   zero_var=float(tot[5] / tot[6]), entropy=means["entropy"], kl=means["kl"],
+        row = dict(step=step + 1, reward=tot["reward"] / tot["samples"], accuracy=tot["correct"] / tot["samples"],
+                   len_mean=tot["tokens"] / tot["samples"], len_max=int(mx),
+                   truncated=tot["truncated"] / tot["samples"], zero_var=tot["zero_var"] / tot["groups"],
+                   entropy=means["entropy"], kl=means["kl"],
                    clip_frac=means["clip_frac"], grad_norm=sum(norms) / len(norms), loss=means["loss"],
-                   tok_per_s=float(tot[3]) / max(1e-9, t_sample), sample_s=t_sample, grade_s=t_grade,
+                   tok_per_s=tot["tokens"] / max(1e-9, t_sample), sample_s=t_sample, grade_s=t_grade,
                    train_s=t_train, step_s=time.time() - t_step, skipped=skipped, data_pos=data_pos)
         print0(f"step {row['step']:>5} | reward {row['reward']:.3f} acc {row['accuracy']:.3f} | len "
                f"{row['len_mean']:.0f}/{row['len_max']} trunc {100 * row['truncated']:.0f}% zero-var "
