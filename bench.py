@@ -153,6 +153,39 @@ def decode_bandwidth(m, st) -> float:
     return (st["steps"] * weights + st["kv_token_reads"] * kv) / (st["decode_s"] - st["capture_s"])
 
 
+def decode_profile(m, prompts, new, device, graphs):
+    """Where one decode step's time goes: a torch.profiler trace of a short run (prompts of a
+    few tokens, so the prefill is a small share), its kernels grouped into GEMMs, attention,
+    sampling and the rest, and the GPU's busy time against the wall clock (the rest of the wall
+    clock is Python and kernel launches)."""
+    from torch.profiler import ProfilerActivity, profile
+    run_ours(m, prompts, new, device, graphs)                 # warm-up (and capture, with graphs)
+    gpu = device.type == "cuda"
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])) as prof:
+        _, wall, st = run_ours(m, prompts, new, device, graphs)
+    groups = {"GEMM": ("gemm", "matmul", "mm", "cutlass", "nvjet", "sm90"),
+              "attention": ("attention", "fmha", "flash", "sdpa", "softmax"),
+              "sampling": ("sort", "cumsum", "topk", "multinomial", "exponential", "uniform", "scan", "radix")}
+    busy = dict.fromkeys([*groups, "other"], 0.0)
+    rows = []
+    for e in prof.key_averages():
+        us = e.self_device_time_total if gpu else e.self_cpu_time_total
+        if us <= 0:
+            continue
+        name = e.key.lower()
+        group = next((g for g, keys in groups.items() if any(k in name for k in keys)), "other")
+        busy[group] += us / 1e6
+        rows.append((us / 1e6, e.count, e.key[:90]))
+    total = max(sum(busy.values()), 1e-9)
+    print(f"decode profile, batch {len(prompts)}, prompt {len(prompts[0])} + {new} new"
+          f"{' (CUDA graphs)' if graphs else ''}: wall {wall:.2f} s, GPU busy {total:.2f} s "
+          f"({100 * total / wall:.0f}%), {st['steps']} decode steps")
+    print("  by kind: " + ", ".join(f"{g} {1e3 * t / st['steps']:.2f} ms/step ({100 * t / total:.0f}%)"
+                                    for g, t in busy.items()))
+    for sec, count, name in sorted(rows, reverse=True)[:12]:
+        print(f"  {1e3 * sec / st['steps']:7.3f} ms/step  x{count:<6} {name}")
+
+
 def train_bench(device, seq_len: int = 8192, steps: int = 4):
     """Forward + backward tokens/s and peak memory on one seq_len-token sequence, ours against
     transformers, bf16 weights, gradient checkpointing on both, same weights and tokens.
@@ -273,6 +306,8 @@ def main():
     ap.add_argument("--repeat", type=int, default=1, help="CPU: alternate the two this many times, keep each's best")
     ap.add_argument("--skip-hf", action="store_true", help="time sample.generate only")
     ap.add_argument("--hf-long", action="store_true", help="with --gpu: also time transformers at 4,096 new")
+    ap.add_argument("--profile", action="store_true", help="with --gpu: end with a profile of the decode step "
+                    "at batch 256 (eager and with CUDA graphs): GEMMs, attention, sampling, other, GPU idle")
     ap.add_argument("--long-budget-s", type=float, default=240,
                     help="with --gpu: shorten the 4,096-token run if it projects past this many seconds")
     args = ap.parse_args()
@@ -388,6 +423,9 @@ def main():
                 per_step[(B, P + N // 2)] = (dbw * dec_s / st["steps"], dec_s / st["steps"])
             print(line, flush=True)
             line = "   "
+    if args.gpu and args.profile:
+        for graphs in [False] + ([True] if graphs_ok else []):
+            decode_profile(m, prompts(256, 8), 64, device, graphs)
     print(f"total {time.perf_counter() - t0:.0f} s")
 
 
