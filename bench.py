@@ -14,7 +14,8 @@ CUDA graphs), then batch 256 with prompt 256 + 4,096 new (ours only: transformer
 take over 5 minutes there; --hf-long adds it). For each run of ours it prints the decode
 steps' achieved bytes/s (weights + the KV actually attended, per step / step time) as a
 fraction of a device-to-device copy timed in the same run, and which SDPA kernel the decode
-attention gets. It first checks that CUDA-graph and eager greedy outputs agree.
+attention gets (and its time against the query heads folded per KV head). It first checks
+that CUDA-graph and eager greedy outputs agree.
 Left out: prefill-only and latency benchmarks, other models, multi-GPU.
 """
 import argparse
@@ -77,16 +78,16 @@ def copy_bandwidth(device) -> float:
 
 
 def sdpa_kernel_for_decode(m, rows, ctx, device):
-    """Which SDPA backend model.py's decode attention selects (CUDA only): the query heads
-    folded per KV head, (rows, Hkv, H/Hkv, D), against (rows, Hkv, ctx, D) with a length mask."""
+    """Which SDPA backend model.py's CUDA decode attention selects: (rows, H, 1, D) queries
+    against a (rows, Hkv, ctx, D) cache with a length mask, enable_gqa."""
     c = m.config
     H, Hkv, D = c.num_attention_heads, c.num_key_value_heads, c.head_dim
     try:
-        q = torch.zeros(rows, Hkv, H // Hkv, D, device=device, dtype=torch.bfloat16)
+        q = torch.zeros(rows, H, 1, D, device=device, dtype=torch.bfloat16)
         k = torch.zeros(rows, Hkv, ctx, D, device=device, dtype=torch.bfloat16)
         mask = torch.ones(rows, 1, 1, ctx, dtype=torch.bool, device=device)
         choice = torch._fused_sdp_choice(q, k, k, attn_mask=mask, dropout_p=0.0, is_causal=False,
-                                         scale=None, enable_gqa=False)
+                                         scale=None, enable_gqa=H != Hkv)
         return torch.nn.attention.SDPBackend(choice).name
     except Exception as e:  # a private API: report, never fail the benchmark on it
         return f"unknown ({type(e).__name__})"
@@ -95,7 +96,7 @@ def sdpa_kernel_for_decode(m, rows, ctx, device):
 def attention_probe(m, rows, ctx, device):
     """ms per layer of one decode step's attention over a (rows, Hkv, ctx, D) cache with a length
     mask: as one enable_gqa call, and with each KV head's query heads folded into the query axis
-    (plain attention, same result; what model.py does for single-token decode)."""
+    (plain attention, same result). model.py decodes with the first on CUDA, the second on CPU."""
     c = m.config
     H, Hkv, D = c.num_attention_heads, c.num_key_value_heads, c.head_dim
     q = torch.randn(rows, H, 1, D, device=device, dtype=torch.bfloat16)
@@ -400,7 +401,7 @@ def main():
         if args.gpu:
             a_gqa, a_fold = attention_probe(m, B, P + N, device)
             print(line + f" decode SDPA kernel: {sdpa_kernel_for_decode(m, B, P + N, device)}; decode attention "
-                  f"at context {P + N}: {a_gqa:.3f} ms/layer with enable_gqa, {a_fold:.3f} with q folded (model.py)",
+                  f"at context {P + N}: {a_gqa:.3f} ms/layer with enable_gqa (model.py), {a_fold:.3f} with q folded",
                   flush=True)
             line = "   "
             if N > 1024 and hf is not None:

@@ -61,6 +61,7 @@ class Config:
     pass_rate_min: float = 0.0       # keep problems with pass_rate_min < polish pass rate ...
     pass_rate_max: float = 1.0       # ... < pass_rate_max (always/never solved carry no signal)
     kv_budget_gb: float = 0.0        # KV cache memory for sampling; 0: the sampler's default
+    cuda_graphs: bool = True         # replay the sampler's decode steps as CUDA graphs (GPU only)
     # --- optimisation
     lr: float = 1e-6                 # AdamW, constant
     weight_decay: float = 0.01
@@ -218,7 +219,8 @@ def rollout(sampler, tok, recs, cfg, seed, require_think):
     """Sample a group per record, grade it, and compute advantages. Returns one dict per sample."""
     prompts = [r["prompt_ids"] for r in recs]
     outs = generate(sampler, prompts, n=cfg.samples, max_new_tokens=cfg.ctx, temperature=cfg.temperature,
-                    top_p=cfg.top_p, seed=seed, kv_budget=int(cfg.kv_budget_gb * 2**30) or None)
+                    top_p=cfg.top_p, seed=seed, kv_budget=int(cfg.kv_budget_gb * 2**30) or None,
+                    cuda_graphs=cfg.cuda_graphs)
     t0 = time.time()
     refs = [r.get("answers") or r["answer"] for r in recs for _ in range(cfg.samples)]
     problems = [r["problem"] for r in recs for _ in range(cfg.samples)]

@@ -1,5 +1,5 @@
 """The CUDA paths, each against the CPU path it must agree with (run with `pytest -m gpu` on a
-machine with a GPU; skipped elsewhere): the decode step on the GPU (folded GQA attention, the
+machine with a GPU; skipped elsewhere): the decode step on the GPU (masked GQA attention, the
 cache's windows, the sampling kernels), training log-probs under bf16 autocast with gradient
 checkpointing, and train.py under torchrun on NCCL.
 """
