@@ -46,6 +46,30 @@ CHATML_TEMPLATE = "<|im_start|>user\n{content}<|im_end|>\n<|im_start|>assistant\
 TEMPLATES = {"deepseek-r1": R1_TEMPLATE, "chatml": CHATML_TEMPLATE}
 
 
+# --think: must a reply close its reasoning with </think> to earn reward 1?
+THINK_CHOICES = ("auto", "yes", "no")
+
+
+def requires_think(think: str, template: str | None) -> bool:
+    """The one rule for train.py's reward, sample.py's accuracy and polish.py's pass rates.
+
+    An R1-style model that never writes </think> is still reasoning when it stops, so its
+    "answer" is an accident of truncation: with think "auto" the R1 template (the one the
+    prompts are actually rendered with) requires the tag, other templates do not.
+    """
+    if think not in THINK_CHOICES:
+        raise ValueError(f"think must be one of {THINK_CHOICES}, not {think!r}")
+    if think == "auto":
+        return template == "deepseek-r1"
+    return think == "yes"
+
+
+def reference_answers(rec: dict):
+    """What a reply is graded against: the record's list of accepted forms where it has one
+    (data.py keeps every variant a source gives), else its single answer."""
+    return rec.get("answers") or rec["answer"]
+
+
 def deepscaler_prompt(problem: str) -> str:
     """The user turn DeepScaleR trains and evaluates with."""
     return f"{problem} Let's think step by step and output the final answer within \\boxed{{}}."

@@ -9,9 +9,9 @@
 Every problem of --data (data.load_records, deduplicated) gets --samples chains of thought
 (T 0.6, top-p 0.95, the DeepScaleR prompt in the checkpoint's chat template) from
 sample.generate, continuous batching over --chunk problems per call. When a problem's samples
-are all back, verify.grade_batch grades them against `answer` (or any of `answers`); with the R1
-template a chain without </think> is not correct, as in train.py's reward, so pass_rate predicts
-the reward GRPO will see. A chain is *accepted* when it is correct, not truncated and at least
+are all back, verify.grade_batch grades them against `answer` (or any of `answers`); a chain
+without </think> is not correct when data.requires_think says so for --think (auto: the R1
+template), the same rule as train.py's reward, so pass_rate predicts the reward GRPO will see. A chain is *accepted* when it is correct, not truncated and at least
 --min-tokens long (default: min(max_position_embeddings, --max-new-tokens) / 4; R1-Distill-Qwen
 with 8,192 new tokens: 2,048). A problem with no accepted chain is sampled again in the next
 call, up to --rounds rounds in all; then it stays in the output unpolished, with its pass rate.
@@ -52,7 +52,8 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from data import DataError, Tokenizer, dedupe, load_records, prompt_ids, shard
+from data import (THINK_CHOICES, DataError, Tokenizer, dedupe, load_records, prompt_ids, reference_answers,
+                  requires_think, shard)
 from model import Transformer
 from sample import generate
 from verify import grade_batch, reward_of
@@ -73,6 +74,7 @@ class Config:
     seed: int = 0                # sampling seed; each call derives its own from it, its first problem and round
     workers: int = 4             # sympy grading processes (verify.grade_batch)
     template: str = ""           # chat template, deepseek-r1 or chatml; empty: the checkpoint's own
+    think: str = "auto"          # require </think> for a correct chain: yes | no | auto (R1 template)
     kv_gib: float = 0.0          # KV cache budget in GiB; 0: the sampler's default (60% of unused GPU memory)
     max_rows: int = 0            # cap on sequences decoded together; 0: as many as the KV budget holds
     cuda_graphs: bool = True     # replay decode steps as CUDA graphs (GPU only)
@@ -187,7 +189,7 @@ def merge(out: str, ids: list) -> list[dict]:
 
 def polish(model, tok, recs, ids, todo, cfg, floor, part, show) -> dict:
     """Polish problems `todo` (indices into recs), appending each finished row to `part`."""
-    K, think = cfg.samples, (cfg.template or tok.chat_template) == "deepseek-r1"
+    K, think = cfg.samples, requires_think(cfg.think, cfg.template or tok.chat_template)
     fd = os.open(part, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     queue, retry, state = deque(todo), [], {}
     t = dict(gen=0.0, callback=0.0, grade=0.0, tokens=0, done=0, accepted=0, synced=time.time())
@@ -207,7 +209,7 @@ def polish(model, tok, recs, ids, todo, cfg, floor, part, show) -> dict:
 
     def finish(p, rnd, texts, lengths, fins):
         """Grade one problem's samples; write its row, or queue it for another round."""
-        ref = recs[p].get("answers") or recs[p]["answer"]
+        ref = reference_answers(recs[p])
         g0 = time.perf_counter()
         ok = grade_batch([(x, ref) for x in texts], workers=cfg.workers, problem=recs[p]["problem"])
         t["grade"] += time.perf_counter() - g0
@@ -325,6 +327,8 @@ def parse_config(argv) -> Config:
     bad = [f"--{k.replace('_', '-')}" for k in ("data", "out") if not getattr(cfg, k)]
     if bad:
         ap.error(f"{' and '.join(bad)} {'is' if len(bad) == 1 else 'are'} required")
+    if cfg.think not in THINK_CHOICES:
+        ap.error(f"--think must be one of {', '.join(THINK_CHOICES)}, not {cfg.think!r}")
     if min(cfg.samples, cfg.rounds, cfg.chunk, cfg.max_new_tokens, cfg.workers) < 1:
         ap.error("--samples, --rounds, --chunk, --max-new-tokens and --workers must be >= 1")
     if cfg.temperature < 0 or not 0 < cfg.top_p <= 1 or cfg.min_tokens > cfg.max_new_tokens:

@@ -43,6 +43,11 @@ from collections import deque
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
+
+from data import THINK_CHOICES, DataError, Tokenizer, load_records, prompt_ids, reference_answers, requires_think
+from model import Transformer
+from verify import grade_batch, reward_of
 
 WINDOW_ROUND = 64   # attention windows are rounded up to this many slots (fewer distinct shapes)
 
@@ -410,7 +415,7 @@ def generate(model, prompts, n: int = 1, max_new_tokens: int = 256, temperature:
 
 # ----------------------------------------------------------------------------- evaluation
 
-def grade(tok, outs: list, refs: list, require_think: bool = False, workers: int = 4,
+def grade_completions(tok, outs: list, refs: list, require_think: bool = False, workers: int = 4,
           problems: list | None = None):
     """DeepScaleR's reward for each completion against its reference (an answer, or a list of
     equivalent forms): 1.0 when the last \\boxed{} answer equals the reference, and, with
@@ -419,7 +424,6 @@ def grade(tok, outs: list, refs: list, require_think: bool = False, workers: int
     the choice it names in the problem text.
     Returns (texts, right, rewards): the decoded replies (stop token dropped), whether the
     answer alone was right, and the rewards."""
-    from verify import grade_batch, reward_of
     texts = [tok.decode(o.tokens[:-1] if o.finish_reason == "stop" else o.tokens) for o in outs]
     if problems is None:
         pairs = list(zip(texts, refs))
@@ -440,7 +444,6 @@ def evaluate(model, tok, recs: list, n: int = 1, require_think: bool = False, te
     Returns (rows, summary): one row per problem, in recs order (its responses, correct flags,
     lengths, finish reasons, pass@1), and summarize() of them plus tokens/s over all ranks.
     progress prints a line with tokens/s and ETA to stderr every 10 s (rank 0)."""
-    from data import prompt_ids
     if not recs:
         raise ValueError("evaluate: no records")
     mine = list(range(rank, len(recs), world))                  # data.shard's split
@@ -458,9 +461,9 @@ def evaluate(model, tok, recs: list, n: int = 1, require_think: bool = False, te
                   f"ETA {(now - t0) * (total - done) / max(done, 1) / 60:.1f} min", file=sys.stderr, flush=True)
             last = now
     outs = generate(model, prompts, n=n, callback=report, **gen_kw) if prompts else []
-    refs = [recs[i].get("answers") or recs[i]["answer"] for i in mine for _ in range(n)]
+    refs = [reference_answers(recs[i]) for i in mine for _ in range(n)]
     problems = [recs[i]["problem"] for i in mine for _ in range(n)]
-    texts, _, rewards = grade(tok, outs, refs, require_think, workers, problems)
+    texts, _, rewards = grade_completions(tok, outs, refs, require_think, workers, problems)
     rows = []
     for j, i in enumerate(mine):
         sl = slice(j * n, (j + 1) * n)
@@ -469,7 +472,6 @@ def evaluate(model, tok, recs: list, n: int = 1, require_think: bool = False, te
                      "lengths": [len(o.tokens) for o in outs[sl]],
                      "finish": [o.finish_reason for o in outs[sl]], "responses": texts[sl]})
     if world > 1:
-        import torch.distributed as dist
         parts = [None] * world
         dist.all_gather_object(parts, rows)
         rows = sorted((r for part in parts for r in part), key=lambda r: r["index"])
@@ -527,13 +529,11 @@ def main(argv=None):
     ap.add_argument("--dtype", choices=["bfloat16", "float32"], default=None,
                     help="default bfloat16 on GPU, float32 on CPU")
     ap.add_argument("--workers", type=int, default=4, help="grading processes (verify.grade_batch)")
-    ap.add_argument("--think", choices=["auto", "yes", "no"], default="auto",
+    ap.add_argument("--think", choices=THINK_CHOICES, default="auto",
                     help="count a reply correct only if it closed </think> (auto: for the deepseek-r1 template)")
     ap.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=True,
                     help="replay decode steps as CUDA graphs (GPU only; 2.8x eager at batch 256 on an H200)")
     a = ap.parse_args(argv)
-    from data import Tokenizer
-    from model import Transformer
 
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     if torch.cuda.is_available():
@@ -542,7 +542,6 @@ def main(argv=None):
     else:
         device = torch.device("cpu")
     if world > 1:
-        import torch.distributed as dist
         # Before the group exists: torch.distributed.nn binds the default group into its functions'
         # defaults when first imported (torch._dynamo pulls it in when the model is built on the meta
         # device). That reference kept the gloo group and its worker threads alive past
@@ -574,12 +573,11 @@ def main(argv=None):
             dist.destroy_process_group()    # join gloo's threads while the interpreter is whole
         return
 
-    from data import DataError, load_records
     try:
         recs = load_records(a.data)
     except (DataError, FileNotFoundError, ImportError) as e:
         raise SystemExit(f"error: {e}") from None
-    think = a.think == "yes" or (a.think == "auto" and tok.chat_template == "deepseek-r1")
+    think = requires_think(a.think, a.template or tok.chat_template)
     rows, summ = evaluate(model, tok, recs, n=a.n, require_think=think, template=a.template,
                           workers=a.workers, rank=rank, world=world, progress=True, **kw)
     if rank == 0:

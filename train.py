@@ -35,9 +35,10 @@ import torch
 import torch.distributed as dist
 
 import grpo
-from data import DataError, Tokenizer, dedupe, epoch_order, load_records, prompt_ids, shard
+from data import (THINK_CHOICES, DataError, Tokenizer, dedupe, epoch_order, load_records, prompt_ids,
+                  reference_answers, requires_think, shard)
 from model import Transformer
-from sample import evaluate, generate, grade
+from sample import evaluate, generate, grade_completions
 
 
 @dataclass
@@ -60,7 +61,7 @@ class Config:
     max_refill_rounds: int = 4       # at most this many extra sampling rounds per step
     pass_rate_min: float = 0.0       # keep problems with pass_rate_min < polish pass rate ...
     pass_rate_max: float = 1.0       # ... < pass_rate_max (always/never solved carry no signal)
-    kv_budget_gb: float = 0.0        # KV cache memory for sampling; 0: the sampler's default
+    kv_gib: float = 0.0              # KV cache memory for sampling in GiB; 0: the sampler's default
     cuda_graphs: bool = True         # replay the sampler's decode steps as CUDA graphs (GPU only)
     # --- optimisation
     lr: float = 1e-6                 # AdamW, constant
@@ -129,7 +130,7 @@ def parse_config(argv) -> tuple[Config, set]:
     values = {} if given.get("model") else dict(TOY)  # the toy's defaults, under explicit flags
     values.update(given)
     cfg = Config(**values)
-    if cfg.think not in ("yes", "no", "auto"):
+    if cfg.think not in THINK_CHOICES:
         ap.error(f"--think must be yes, no or auto, not {cfg.think!r}")
     if cfg.old_logp not in ("recompute", "sampler"):
         ap.error(f"--old-logp must be recompute or sampler, not {cfg.old_logp!r}")
@@ -150,7 +151,7 @@ LOWER_BOUNDS = {
     "ctx": (1, True), "prompt_budget": (1, True), "prompts_per_step": (1, True),
     "samples": (2, True),              # a group of one has no spread: its advantage is always 0
     "temperature": (0.0, False),       # the log-probs divide by it; 0 would be greedy, not sampling
-    "top_p": (0.0, False), "max_refill_rounds": (0, True), "kv_budget_gb": (0.0, True),
+    "top_p": (0.0, False), "max_refill_rounds": (0, True), "kv_gib": (0.0, True),
     "lr": (0.0, True), "weight_decay": (0.0, True), "grad_clip": (0.0, False),
     "updates_per_step": (1, True), "clip_low": (0.0, True), "clip_high": (0.0, True),
     "kl_coef": (0.0, True), "entropy_coef": (0.0, True), "micro_tokens": (1, True),
@@ -219,12 +220,12 @@ def rollout(sampler, tok, recs, cfg, seed, require_think):
     """Sample a group per record, grade it, and compute advantages. Returns one dict per sample."""
     prompts = [r["prompt_ids"] for r in recs]
     outs = generate(sampler, prompts, n=cfg.samples, max_new_tokens=cfg.ctx, temperature=cfg.temperature,
-                    top_p=cfg.top_p, seed=seed, kv_budget=int(cfg.kv_budget_gb * 2**30) or None,
+                    top_p=cfg.top_p, seed=seed, kv_budget=int(cfg.kv_gib * 2**30) or None,
                     cuda_graphs=cfg.cuda_graphs)
     t0 = time.time()
-    refs = [r.get("answers") or r["answer"] for r in recs for _ in range(cfg.samples)]
+    refs = [reference_answers(r) for r in recs for _ in range(cfg.samples)]
     problems = [r["problem"] for r in recs for _ in range(cfg.samples)]
-    texts, correct, rewards = grade(tok, outs, refs, require_think, problems=problems)
+    texts, correct, rewards = grade_completions(tok, outs, refs, require_think, problems=problems)
     grade_s = time.time() - t0
     rewards = torch.tensor(rewards)
     adv = grpo.group_advantages(rewards, cfg.samples, scale=cfg.scale_adv)
@@ -385,7 +386,7 @@ def run_eval(sampler, tok, recs, cfg, require_think, rank, world) -> dict:
     mean length, truncation rate."""
     _, s = evaluate(sampler, tok, recs, n=cfg.eval_samples, require_think=require_think, rank=rank,
                     world=world, max_new_tokens=cfg.ctx, temperature=cfg.eval_temperature,
-                    top_p=cfg.eval_top_p, seed=cfg.seed, kv_budget=int(cfg.kv_budget_gb * 2**30) or None)
+                    top_p=cfg.eval_top_p, seed=cfg.seed, kv_budget=int(cfg.kv_gib * 2**30) or None)
     return s
 
 
@@ -523,7 +524,7 @@ def main(argv=None):
 
     # --- data
     tok = Tokenizer.from_pretrained(cfg.model)
-    require_think = cfg.think == "yes" or (cfg.think == "auto" and tok.chat_template == "deepseek-r1")
+    require_think = requires_think(cfg.think, tok.chat_template)
 
     def prepare(path):
         try:

@@ -96,3 +96,14 @@ def test_every_shared_dataset_loads_and_stats_cli(capsys):
           "--model", str(SHARED / "tokenizers/deepseek-r1-distill-qwen")])
     out = capsys.readouterr().out
     assert "803 rows" in out and "empty solutions: 0 (0.0%)" in out and "mean 524" in out
+
+
+def test_requires_think_and_reference_answers():
+    from data import reference_answers, requires_think
+    assert requires_think("auto", "deepseek-r1") and not requires_think("auto", "chatml")
+    assert not requires_think("auto", None)
+    assert requires_think("yes", "chatml") and not requires_think("no", "deepseek-r1")
+    with pytest.raises(ValueError, match="think must be one of"):
+        requires_think("maybe", "chatml")
+    assert reference_answers({"answer": "1", "answers": ["1", "1.0"]}) == ["1", "1.0"]
+    assert reference_answers({"answer": "1"}) == "1"

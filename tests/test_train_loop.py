@@ -197,7 +197,7 @@ def test_each_sample_gets_its_groups_advantage(monkeypatch, scale_adv):
         seen.update(n=len(outs), refs=list(refs))
         return [""] * len(outs), [r > 0 for r in REWARDS], list(REWARDS)
 
-    monkeypatch.setattr(train, "grade", canned_grade)
+    monkeypatch.setattr(train, "grade_completions", canned_grade)
     recs = [dict(prompt_ids=p, problem=f"problem {i}", answer=str(i)) for i, p in enumerate(PROMPTS)]
     cfg = train.Config(samples=N_SAMPLES, ctx=9, temperature=T, scale_adv=scale_adv)
     seqs, _ = train.rollout(model, None, recs, cfg, seed=5, require_think=False)
@@ -315,7 +315,7 @@ def run(tmp_path_factory):
     torch.set_num_threads(1)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(train, "SAMPLER_COPY", True)
-        mp.setattr(train, "grade", graded_by_parity)
+        mp.setattr(train, "grade_completions", graded_by_parity)
         mp.setattr(train, "rollout", rec.rollout(train.rollout))
         mp.setattr(train, "train_minibatch", rec.train_minibatch(train.train_minibatch))
         mp.setattr(train, "optimizer_step", rec.optimizer_step(train.optimizer_step))
