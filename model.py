@@ -29,6 +29,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+
+
+class ModelFileError(ValueError):
+    """A model folder that cannot be loaded: the message is one line naming the file and what
+    is wrong with it. Entry points print it as it is, without a traceback."""
+
+
 # ----------------------------------------------------------------------------- config
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
