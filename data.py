@@ -23,6 +23,7 @@ with `problem`, `answer` and `solution` strings, every other field kept. Bad row
 naming file, line and field, or are skipped and listed when asked.
 """
 import argparse
+import contextlib
 import glob
 import json
 import os
@@ -32,6 +33,8 @@ import sys
 import unicodedata
 
 import tiktoken
+
+from model import ModelFileError
 
 # ----------------------------------------------------------------------------- tokenizer
 
@@ -263,6 +266,27 @@ class Tokenizer:
 
 class DataError(ValueError):
     """A row that cannot be used, with its location (file:line or file row N) in the message."""
+
+
+@contextlib.contextmanager
+def clean_exit(program: str, on_interrupt: str = ""):
+    """Around an entry point's work: a bad input file or model folder (DataError,
+    ModelFileError) ends the program with one line naming the file, and Ctrl-C with one line
+    saying what was kept (`on_interrupt`) and exit status 130. DEBUG=1 in the environment shows
+    the full traceback instead."""
+    debug = bool(os.environ.get("DEBUG"))
+    try:
+        yield
+    except (DataError, ModelFileError) as e:
+        if debug:
+            raise
+        print(f"{program}: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"{program}: interrupted{': ' + on_interrupt if on_interrupt else ''}", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 def _read_rows(path: str):

@@ -107,3 +107,20 @@ def test_requires_think_and_reference_answers():
         requires_think("maybe", "chatml")
     assert reference_answers({"answer": "1", "answers": ["1", "1.0"]}) == ["1", "1.0"]
     assert reference_answers({"answer": "1"}) == "1"
+
+
+def test_clean_exit_turns_input_errors_and_ctrl_c_into_one_line(capsys, monkeypatch):
+    from data import clean_exit
+    from model import ModelFileError
+    monkeypatch.delenv("DEBUG", raising=False)
+    with pytest.raises(SystemExit) as e, clean_exit("prog"):
+        raise ModelFileError("m/config.json: not JSON (line 1)")
+    assert e.value.code == 2 and capsys.readouterr().err == "prog: error: m/config.json: not JSON (line 1)\n"
+    with pytest.raises(SystemExit) as e, clean_exit("prog", "rows so far are kept"):
+        raise KeyboardInterrupt
+    assert e.value.code == 130 and capsys.readouterr().err == "prog: interrupted: rows so far are kept\n"
+    with pytest.raises(ZeroDivisionError), clean_exit("prog"):   # a bug is not an input error
+        1 / 0
+    monkeypatch.setenv("DEBUG", "1")
+    with pytest.raises(DataError), clean_exit("prog"):
+        raise DataError("x")
