@@ -11,10 +11,13 @@ Every problem of --data (data.load_records, deduplicated) gets --samples chains 
 sample.generate, continuous batching over --chunk problems per call. When a problem's samples
 are all back, verify.grade_batch grades them against `answer` (or any of `answers`); a chain
 without </think> is not correct when data.requires_think says so for --think (auto: the R1
-template), the same rule as train.py's reward, so pass_rate predicts the reward GRPO will see. A chain is *accepted* when it is correct, not truncated and at least
---min-tokens long (default: min(max_position_embeddings, --max-new-tokens) / 4; R1-Distill-Qwen
-with 8,192 new tokens: 2,048). A problem with no accepted chain is sampled again in the next
-call, up to --rounds rounds in all; then it stays in the output unpolished, with its pass rate.
+template), the same rule as train.py's reward, so pass_rate predicts the reward GRPO will see.
+A chain is *accepted* when it is correct, not truncated and at least --min-tokens long
+(default: min(max_position_embeddings, --max-new-tokens) / 4; R1-Distill-Qwen with 8,192 new
+tokens: 2,048). A problem with no accepted chain is sampled again in the next call, up to
+--rounds rounds in all; then it stays in the output unpolished, with its pass rate. A problem
+whose prompt is over --prompt-budget tokens (train.py's default, 1,024) is not sampled and has
+no output row: it is listed at the start and counted in the summary.
 
 Selection rule: of the accepted chains, the one with the most reconsideration markers (MARKERS:
 wait, hmm, alternatively, double-check, verify, let me check, ...) per 1,000 tokens of the
@@ -23,19 +26,22 @@ not count, so that a long chain is not preferred for length alone, while the flo
 summary-style chains out. The summary prints the rule's effect: markers/1k and length of the
 chosen chains against the mean over all accepted chains (what a random pick would give).
 
-Output: one row per input problem, in input order: the input fields, `solution` = the chosen chain
-as the model wrote it after the template's "<think>\\n" (reasoning, </think>, answer; no eos),
+Output: one row per problem, in input order: the input fields, `solution` = the chosen chain as
+the model wrote it after the template's "<think>\\n" (reasoning, </think>, answer; no eos),
 `original_solution` = the input's solution (kept from the input if it already has one), and
-`polish` = {id, polished, samples, correct, pass_rate = correct / samples, tokens (of the chosen
-chain, 0 if none), accepted, score, accepted_score, accepted_tokens, rounds, min_tokens,
-max_new_tokens, temperature, top_p, model, seed}. Unpolished rows keep `solution` as it was.
-train.py keeps problems with pass_rate_min < pass_rate < pass_rate_max.
+`polish` = a PolishMeta (below: 17 fields, id .. seed). Unpolished rows keep `solution` as it
+was. train.py keeps problems with pass_rate_min < pass_rate < pass_rate_max.
+
+Failing fast: every flag is checked (ranges, combinations, paths) before anything is read, and
+the tokenizer, config.json, chat template, prompt budget and KV budget before the weights are
+loaded. Bad input or model files, and a model whose logits are not finite (NaN weights), end
+the run with one line naming the file or folder (data.clean_exit; DEBUG=1: the traceback).
 
 Crash safety: each rank appends finished rows to OUT-stem.rankR-of-W.jsonl, one os.write per row
 (fsync at the end of every generate call and at least every minute). A restart reads OUT and
 every part (any world size), skips problems that have a row, and cuts a torn last line off its
-own part. A kill loses only the problems in flight. Rank 0 merges OUT atomically (tmp + rename)
-once every problem has a row, and removes the parts.
+own part. A kill loses only the problems in flight; Ctrl-C says so in one line (exit 130).
+Rank 0 merges OUT atomically (tmp + rename) once every problem has a row, and removes the parts.
 Left out: grading in the background while decoding (grading is sequential and reported), a
 prefix cache across a problem's rounds, length-balanced sharding across ranks.
 """
@@ -43,19 +49,21 @@ import argparse
 import hashlib
 import inspect
 import json
+import math
 import os
 import re
 import sys
 import time
 from collections import deque
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
+from typing import NamedTuple
 
 import torch
 
-from data import (THINK_CHOICES, DataError, Tokenizer, dedupe, load_records, prompt_ids, reference_answers,
-                  requires_think, shard)
-from model import Transformer
-from sample import generate
+from data import (TEMPLATES, THINK_CHOICES, DataError, Tokenizer, clean_exit, dedupe, load_records, prompt_ids,
+                  reference_answers, requires_think, shard)
+from model import ModelConfig, ModelFileError, Transformer
+from sample import KVCache, generate
 from verify import grade_batch, reward_of
 
 
@@ -66,9 +74,10 @@ class Config:
     out: str = ""                # output JSONL; rank parts are written beside it
     samples: int = 8             # chains of thought sampled per problem per round (K)
     rounds: int = 1              # sampling rounds in all for a problem with no accepted chain yet
-    temperature: float = 0.6     # sampling temperature
+    temperature: float = 0.6     # sampling temperature; 0 (greedy) needs --samples 1 --rounds 1
     top_p: float = 0.95          # nucleus sampling mass
     max_new_tokens: int = 8192   # generation budget per chain; a chain that hits it is rejected
+    prompt_budget: int = 1024    # longest prompt in tokens; longer ones are dropped (listed and counted)
     min_tokens: int = -1         # shortest acceptable chain; -1: min(max_position_embeddings, max_new_tokens) / 4
     chunk: int = 256             # problems per generate call (more: a fuller batch in each call's tail)
     seed: int = 0                # sampling seed; each call derives its own from it, its first problem and round
@@ -81,11 +90,64 @@ class Config:
     skip_bad: bool = False       # drop input rows without problem or answer (listed) instead of stopping
 
 
+@dataclass
+class PolishMeta:
+    """The `polish` field of an output row. The field order is the JSON key order (asdict keeps
+    it); train.py filters on pass_rate, data.py stats reads polished and pass_rate, and a restart
+    finds finished problems by id."""
+    id: str                  # problem_id: position in the deduplicated input + a hash of the problem
+    polished: bool           # an accepted chain was found, and `solution` is now that chain
+    samples: int             # chains sampled for the problem, over all its rounds
+    correct: int             # of those, the ones train.py's reward would pay (answer, and </think> if required)
+    pass_rate: float         # correct / samples: the mean reward GRPO will see on this problem
+    tokens: int              # length of the chosen chain without its eos; 0 when none was accepted
+    accepted: int            # chains correct, finished ("stop", not truncated) and >= min_tokens long
+    score: float             # the chosen chain's markers per 1k tokens, 3 decimals; 0.0 when none
+    accepted_score: float    # mean score of the accepted chains (what a random pick would give); 0.0 if none
+    accepted_tokens: float   # mean length of the accepted chains, 1 decimal; 0.0 if none
+    rounds: int              # sampling rounds the problem took (<= --rounds)
+    min_tokens: int          # the length floor in force (--min-tokens or its default)
+    max_new_tokens: int      # --max-new-tokens: a chain that reached it was truncated, so rejected
+    temperature: float       # --temperature
+    top_p: float             # --top-p
+    model: str               # --model, as given on the command line
+    seed: int                # --seed
+
+
+class Candidate(NamedTuple):
+    """An accepted chain. A tuple, so that pick() sees (score, tokens, ...)."""
+    score: float             # markers per 1k tokens of the reasoning
+    tokens: int              # length without the eos
+    text: str                # the chain as written after "<think>\n"
+
+
+@dataclass
+class Tally:
+    """One problem's samples so far, carried across its rounds until its row is written."""
+    samples: int = 0
+    correct: int = 0
+    accepted: list = field(default_factory=list)     # Candidate of every accepted chain, in sample order
+
+
+@dataclass
+class RunStats:
+    """Where one rank's time went, for the summary. Seconds unless named otherwise."""
+    gen: float = 0.0         # inside sample.generate, the callback included
+    callback: float = 0.0    # inside our callback: decoding text, grading, writing rows
+    grade: float = 0.0       # grading alone (part of callback)
+    tokens: int = 0          # tokens sampled
+    done: int = 0            # rows written
+    accepted: int = 0        # rows written polished
+    wall: float = 0.0        # the whole polishing loop
+    setup: float = 0.0       # from the start of main to the first generate call
+
+
 MARKERS = re.compile(r"\b(?:wait|hmm+|alternatively|double[- ]?check(?:ing|ed)?|re-?check(?:ing)?|"
                      r"verify(?:ing)?|verification|let me (?:check|see|confirm|think again|re-?examine|"
                      r"reconsider)|on second thought|hold on|but actually|re-?examin(?:e|ing)|"
                      r"reconsider(?:ing)?|mistake|another (?:way|approach))\b", re.IGNORECASE)
 PROGRESS_S = (0.5, 30.0)         # seconds between progress updates: on a terminal, in a log
+LISTED = 20                      # dropped problems listed by name at the start; the rest are counted
 
 
 def markers(text: str) -> int:
@@ -111,6 +173,38 @@ def default_floor(max_positions: int, max_new_tokens: int) -> int:
 def problem_id(index: int, problem: str) -> str:
     """Stable row id: position in the deduplicated input + a hash of the problem text."""
     return f"{index}-{hashlib.sha1(problem.encode()).hexdigest()[:10]}"
+
+
+def tally_samples(tally: Tally, texts, lengths, fins, grades, think: bool, floor: int) -> None:
+    """Add one round's graded samples of a problem to its tally."""
+    for x, n, fin, c in zip(texts, lengths, fins, grades):
+        tally.samples += 1
+        c = bool(reward_of(c, x, think))            # train.py's reward: no </think>, no credit
+        tally.correct += c
+        if c and fin == "stop" and n >= floor:
+            tally.accepted.append(Candidate(score(x, n), n, x))
+
+
+def output_row(rec: dict, pid: str, tally: Tally, rnd: int, floor: int, cfg: Config) -> dict:
+    """The row written for a finished problem: the input record, the chosen chain (if any) as
+    `solution`, the input's solution as `original_solution`, and a PolishMeta as `polish`.
+    Keys the input already has keep their place, new ones follow in this order."""
+    acc = tally.accepted
+    best = acc[pick(acc)] if acc else None
+    meta = PolishMeta(
+        id=pid, polished=best is not None, samples=tally.samples, correct=tally.correct,
+        pass_rate=tally.correct / tally.samples, tokens=best.tokens if best else 0, accepted=len(acc),
+        score=round(best.score, 3) if best else 0.0,
+        accepted_score=round(sum(a.score for a in acc) / len(acc), 3) if acc else 0.0,
+        accepted_tokens=round(sum(a.tokens for a in acc) / len(acc), 1) if acc else 0.0,
+        rounds=rnd, min_tokens=floor, max_new_tokens=cfg.max_new_tokens,
+        temperature=cfg.temperature, top_p=cfg.top_p, model=cfg.model, seed=cfg.seed)
+    row = dict(rec)
+    row["original_solution"] = rec.get("original_solution", rec["solution"])
+    if best:
+        row["solution"] = best.text
+    row["polish"] = asdict(meta)
+    return row
 
 
 # ----------------------------------------------------------------------------- files
@@ -167,14 +261,15 @@ def done_rows(out: str, known: set, own: str | None = None) -> dict:
     return rows
 
 
-def merge(out: str, ids: list) -> list[dict]:
-    """All rows in input order, written to OUT atomically once every problem has one; parts removed."""
+def merge(out: str, ids: list, dropped: set = frozenset(), hint: str = "") -> list[dict]:
+    """All rows in input order, written to OUT atomically once every problem has one (the
+    `dropped` ones, over the prompt budget, need none); parts removed."""
     got = done_rows(out, set(ids))
-    missing = [i for i in ids if i not in got]
+    missing = [i for i in ids if i not in got and i not in dropped]
     if missing:
-        raise SystemExit(f"error: {out}: {len(missing)} of {len(ids)} problems have no row yet (first: "
-                         f"{missing[0]}); run polish.py again with the same flags to finish them")
-    rows = [got[i] for i in ids]
+        raise fail(f"{out}: {len(missing)} of {len(ids)} problems have no row yet (first: {missing[0]})"
+                   f"{hint}; run polish.py again with the same flags to finish them")
+    rows = [got[i] for i in ids if i in got]
     with open(out + ".tmp", "w", encoding="utf-8") as f:
         f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
         f.flush()
@@ -187,105 +282,168 @@ def merge(out: str, ids: list) -> list[dict]:
 
 # ----------------------------------------------------------------------------- polishing
 
-def polish(model, tok, recs, ids, todo, cfg, floor, part, show) -> dict:
-    """Polish problems `todo` (indices into recs), appending each finished row to `part`."""
-    K, think = cfg.samples, requires_think(cfg.think, cfg.template or tok.chat_template)
-    fd = os.open(part, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    queue, retry, state = deque(todo), [], {}
-    t = dict(gen=0.0, callback=0.0, grade=0.0, tokens=0, done=0, accepted=0, synced=time.time())
-    t0, tty = time.perf_counter(), sys.stderr.isatty()
-    last = [t0]
+class Call:
+    """The sequences of one generate call, numbered as sample.generate numbers them: problem j's
+    K samples are sequences j * K .. j * K + K - 1."""
 
-    def progress(final=False):
-        now = time.perf_counter()
-        if not show or not final and now - last[0] < PROGRESS_S[not tty]:
+    def __init__(self, problems: list, K: int):
+        self.problems = problems                           # (index into recs, round) per problem
+        self.K = K
+        self.tokens = [[] for _ in range(len(problems) * K)]   # per sequence; None once graded
+        self.finish = [None] * (len(problems) * K)         # per sequence: "stop" | "length" when done
+        self.left = [K] * len(problems)                    # per problem: samples still decoding
+
+    def add(self, seq: int, new: list, fin) -> int | None:
+        """Record a sequence's new tokens; the problem's index j when its last sample just ended."""
+        self.tokens[seq] += new
+        if fin is None:
+            return None
+        j = seq // self.K
+        self.finish[seq] = fin
+        self.left[j] -= 1
+        return j if not self.left[j] else None
+
+    def take(self, j: int, tok) -> tuple[list, list, list]:
+        """Problem j's samples as (texts, lengths, finish reasons), the eos left out (it is not
+        text); their tokens are freed."""
+        seqs = range(j * self.K, (j + 1) * self.K)
+        lens = [len(self.tokens[s]) - (self.finish[s] == "stop") for s in seqs]
+        texts = [tok.decode(self.tokens[s][:n]) for s, n in zip(seqs, lens)]
+        fins = [self.finish[s] for s in seqs]
+        for s in seqs:
+            self.tokens[s] = None
+        return texts, lens, fins
+
+
+class Polisher:
+    """One rank's polishing run: the problems waiting, the tallies of those between rounds, the
+    part file and the counters. Its steps are methods, so the callback generate calls is one
+    bound method (on_tokens) rather than a closure rebuilt for every call."""
+
+    def __init__(self, model, tok, recs, ids, prompts, cfg: Config, floor: int, part: str, show: bool):
+        self.model, self.tok, self.recs, self.ids, self.prompts = model, tok, recs, ids, prompts
+        self.cfg, self.floor, self.part, self.show = cfg, floor, part, show
+        self.think = requires_think(cfg.think, cfg.template or tok.chat_template)
+        self.queue = deque()          # problems not sampled yet (indices into recs)
+        self.retry = []               # (problem, round) with no accepted chain, for the next call
+        self.tallies = {}             # problem -> Tally, from its first graded round to its row
+        self.call = None              # the generate call in progress
+        self.stats = RunStats()
+        self.fd = -1                  # the part file, opened for appending
+        self.synced = time.time()     # last fsync of the part file
+        self.total = 0                # problems this run
+        self.t0 = self.last_shown = time.perf_counter()
+        self.tty = sys.stderr.isatty()
+
+    def run(self, todo: list) -> RunStats:
+        """Polish problems `todo` (indices into recs); every finished row is appended to the part."""
+        self.queue.extend(todo)
+        self.total = len(todo)
+        self.fd = os.open(self.part, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        finished = False
+        try:
+            while self.queue or self.retry:
+                # 1) problems due another round first, then new ones, up to --chunk
+                self.call = self.next_call()
+                # 2) sample; each problem is graded and written as soon as its K samples are back
+                self.sample(self.call)
+                # 3) what this call wrote reaches the disk
+                self.sync()
+            finished = True
+        finally:                      # also on Ctrl-C or an error: the rows written so far are kept
+            self.sync()
+            os.close(self.fd)
+            if not finished and self.show and self.tty:
+                print(file=sys.stderr)    # close the progress line: the message that follows gets its own
+        self.progress(final=True)
+        self.stats.wall = time.perf_counter() - self.t0
+        return self.stats
+
+    def next_call(self) -> Call:
+        """The next generate call's problems: every retry (round 2 and up), then new problems up to --chunk."""
+        batch, self.retry = self.retry, []
+        while self.queue and len(batch) < self.cfg.chunk:
+            batch.append((self.queue.popleft(), 1))
+        return Call(batch, self.cfg.samples)
+
+    def sample(self, call: Call) -> None:
+        """One sample.generate call over the call's problems, K samples each."""
+        cfg, (p0, r0) = self.cfg, call.problems[0]
+        g0 = time.perf_counter()
+        try:
+            generate(self.model, [self.prompts[p] for p, _ in call.problems], n=cfg.samples,
+                     max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                     seed=cfg.seed + 1_000_003 * (p0 + 1) + r0, max_rows=cfg.max_rows or None,
+                     kv_budget=int(cfg.kv_gib * 2**30) or None, cuda_graphs=cfg.cuda_graphs,
+                     callback=self.on_tokens)
+        except FloatingPointError as e:
+            # sample.generate's check on the logits (NaN or inf weights, or an overflow): stop
+            # here, rather than grade chains drawn from garbage and exit 0 with a 0% pass rate
+            why = str(e).splitlines()[0] if str(e) else "the model's logits are not finite"
+            raise ModelFileError(f"--model {cfg.model}: {why} (rows finished so far are kept in {self.part})") from None
+        self.stats.gen += time.perf_counter() - g0
+
+    def on_tokens(self, seq: int, new: list, fin) -> None:
+        """generate's callback: new tokens of sequence seq, and its finish reason when it ends."""
+        c0 = time.perf_counter()
+        self.stats.tokens += len(new)
+        j = self.call.add(seq, new, fin)
+        if j is not None:                 # all K samples of the call's problem j are back
+            p, rnd = self.call.problems[j]
+            self.finish(p, rnd, *self.call.take(j, self.tok))
+        self.progress()
+        self.stats.callback += time.perf_counter() - c0
+
+    def finish(self, p: int, rnd: int, texts: list, lengths: list, fins: list) -> None:
+        """Grade one problem's samples of round rnd; write its row, or queue it for another round."""
+        rec, g0 = self.recs[p], time.perf_counter()
+        ref = reference_answers(rec)
+        grades = grade_batch([(x, ref) for x in texts], workers=self.cfg.workers, problem=rec["problem"])
+        self.stats.grade += time.perf_counter() - g0
+        tally = self.tallies.setdefault(p, Tally())
+        tally_samples(tally, texts, lengths, fins, grades, self.think, self.floor)
+        if not tally.accepted and rnd < self.cfg.rounds:
+            self.retry.append((p, rnd + 1))
             return
-        last[0], el, d = now, now - t0, t["done"]
-        eta = f"{el * (len(todo) - d) / d / 60:.1f} min" if d else "?"
-        line = (f"polish: {d}/{len(todo)} problems, {t['accepted'] / max(d, 1):.0%} accepted, "
-                f"{t['tokens'] / el:,.0f} tok/s, ETA {eta}")
-        print("\r" + line.ljust(79) if tty else line, end="\n" if final or not tty else "",
+        del self.tallies[p]
+        row = output_row(rec, self.ids[p], tally, rnd, self.floor, self.cfg)
+        self.write(row)
+        self.stats.done += 1
+        self.stats.accepted += row["polish"]["polished"]
+
+    def write(self, row: dict) -> None:
+        """Append one row with one os.write (a short write continues), so a kill tears at most
+        the last line; fsync at least once a minute."""
+        data = (json.dumps(row, ensure_ascii=False) + "\n").encode()
+        while data:
+            data = data[os.write(self.fd, data):]
+        if time.time() - self.synced > 60:
+            self.sync()
+
+    def sync(self) -> None:
+        """The rows written so far reach the disk (they survive a power cut, not only a kill)."""
+        os.fsync(self.fd)
+        self.synced = time.time()
+
+    def progress(self, final: bool = False) -> None:
+        """A progress line on rank 0: rewritten in place on a terminal, every 30 s in a log."""
+        now = time.perf_counter()
+        if not self.show or not final and now - self.last_shown < PROGRESS_S[not self.tty]:
+            return
+        self.last_shown, elapsed, d = now, now - self.t0, self.stats.done
+        eta = f"{elapsed * (self.total - d) / d / 60:.1f} min" if d else "?"
+        line = (f"polish: {d}/{self.total} problems, {self.stats.accepted / max(d, 1):.0%} accepted, "
+                f"{self.stats.tokens / max(elapsed, 1e-9):,.0f} tok/s, ETA {eta}")
+        print("\r" + line.ljust(79) if self.tty else line, end="\n" if final or not self.tty else "",
               file=sys.stderr, flush=True)
 
-    def finish(p, rnd, texts, lengths, fins):
-        """Grade one problem's samples; write its row, or queue it for another round."""
-        ref = reference_answers(recs[p])
-        g0 = time.perf_counter()
-        ok = grade_batch([(x, ref) for x in texts], workers=cfg.workers, problem=recs[p]["problem"])
-        t["grade"] += time.perf_counter() - g0
-        s = state.setdefault(p, dict(samples=0, correct=0, cands=[]))
-        for x, n, fin, c in zip(texts, lengths, fins, ok):
-            s["samples"] += 1
-            c = bool(reward_of(c, x, think))            # train.py's reward: no </think>, no credit
-            s["correct"] += c
-            if c and fin == "stop" and n >= floor:
-                s["cands"].append((score(x, n), n, x))
-        if not s["cands"] and rnd < cfg.rounds:
-            retry.append((p, rnd + 1))
-            return
-        del state[p]
-        acc = s["cands"]
-        best = acc[pick(acc)] if acc else None
-        row = dict(recs[p])
-        row["original_solution"] = recs[p].get("original_solution", recs[p]["solution"])
-        if best:
-            row["solution"] = best[2]
-        row["polish"] = dict(
-            id=ids[p], polished=best is not None, samples=s["samples"], correct=s["correct"],
-            pass_rate=s["correct"] / s["samples"], tokens=best[1] if best else 0, accepted=len(acc),
-            score=round(best[0], 3) if best else 0.0,
-            accepted_score=round(sum(a[0] for a in acc) / len(acc), 3) if acc else 0.0,
-            accepted_tokens=round(sum(a[1] for a in acc) / len(acc), 1) if acc else 0.0,
-            rounds=rnd, min_tokens=floor, max_new_tokens=cfg.max_new_tokens,
-            temperature=cfg.temperature, top_p=cfg.top_p, model=cfg.model, seed=cfg.seed)
-        data = (json.dumps(row, ensure_ascii=False) + "\n").encode()
-        while data:                               # one write per row; a short write continues
-            data = data[os.write(fd, data):]
-        if time.time() - t["synced"] > 60:
-            os.fsync(fd)
-            t["synced"] = time.time()
-        t["done"] += 1
-        t["accepted"] += best is not None
 
-    while queue or retry:
-        batch, retry[:] = list(retry), []
-        while queue and len(batch) < cfg.chunk:
-            batch.append((queue.popleft(), 1))
-        toks, fins, left = [[] for _ in range(len(batch) * K)], [None] * (len(batch) * K), [K] * len(batch)
-
-        def on_tokens(seq, new, fin):
-            c0 = time.perf_counter()
-            toks[seq] += new
-            t["tokens"] += len(new)
-            if fin is not None:
-                fins[seq], j = fin, seq // K
-                left[j] -= 1
-                if not left[j]:                   # all K samples of problem j are back
-                    sl = range(j * K, (j + 1) * K)
-                    lens = [len(toks[s]) - (fins[s] == "stop") for s in sl]   # the eos is not text
-                    finish(*batch[j], [tok.decode(toks[s][:n]) for s, n in zip(sl, lens)], lens,
-                           [fins[s] for s in sl])
-                    for s in sl:
-                        toks[s] = None
-            progress()
-            t["callback"] += time.perf_counter() - c0
-
-        prompts = [prompt_ids(tok, recs[p]["problem"], cfg.template or None) for p, _ in batch]
-        g0 = time.perf_counter()
-        generate(model, prompts, n=K, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                 top_p=cfg.top_p, seed=cfg.seed + 1_000_003 * (batch[0][0] + 1) + batch[0][1],
-                 max_rows=cfg.max_rows or None, kv_budget=int(cfg.kv_gib * 2**30) or None,
-                 cuda_graphs=cfg.cuda_graphs, callback=on_tokens)
-        t["gen"] += time.perf_counter() - g0
-        os.fsync(fd)
-        t["synced"] = time.time()
-    progress(final=True)
-    os.close(fd)
-    t["wall"] = time.perf_counter() - t0
-    return t
+def polish(model, tok, recs, ids, prompts, todo, cfg, floor, part, show) -> RunStats:
+    """Polish problems `todo` (indices into recs), appending each finished row to `part`."""
+    return Polisher(model, tok, recs, ids, prompts, cfg, floor, part, show).run(todo)
 
 
-def summary(rows: list, t: dict | None, rank: int) -> str:
+def summary(rows: list, t: RunStats | None, rank: int, dropped: int = 0, budget: int = 0) -> str:
     """The end-of-run report: coverage, pass rates, the selection rule's effect, where time went."""
     meta = [r["polish"] for r in rows]
     pol = [m for m in meta if m["polished"]]
@@ -294,29 +452,82 @@ def summary(rows: list, t: dict | None, rank: int) -> str:
            f"{len(rows) - len(pol)} keep their original solution",
            f"pass rate: mean {sum(m['pass_rate'] for m in meta) / max(len(meta), 1):.3f}; never solved "
            f"{never}, always solved {always}, in between {len(meta) - never - always}"]
+    if dropped:
+        out.append(f"{dropped} problems dropped: prompt over --prompt-budget {budget} tokens "
+                   "(listed at the start; not in the output)")
     if pol:
-        mean = lambda k: sum(m[k] for m in pol) / len(pol)  # noqa: E731
+        def mean(k):
+            return sum(m[k] for m in pol) / len(pol)
         out.append(f"selection (most markers per 1k tokens): chosen chains {mean('score'):.2f} markers/1k, "
                    f"{mean('tokens'):,.0f} tokens; a random accepted chain {mean('accepted_score'):.2f} "
                    f"markers/1k, {mean('accepted_tokens'):,.0f} tokens ({sum(m['accepted'] for m in pol)} "
                    "accepted chains)")
     if t:
-        gen = t["gen"] - t["callback"]            # the callback's time (grading, writing) is not generation
-        other = t["wall"] - gen - t["grade"]
-        out.append(f"rank {rank}: {t['done']} problems, {t['tokens']:,} tokens in {t['wall']:.1f}s "
-                   f"({t['tokens'] / max(t['wall'], 1e-9):,.0f} tok/s): generation {gen:.1f}s, grading "
-                   f"{t['grade']:.1f}s, other {other:.2f}s ({100 * other / max(t['wall'], 1e-9):.1f}%); "
-                   f"setup {t['setup']:.1f}s")
+        gen = t.gen - t.callback                  # the callback's time (grading, writing) is not generation
+        other = t.wall - gen - t.grade
+        out.append(f"rank {rank}: {t.done} problems, {t.tokens:,} tokens in {t.wall:.1f}s "
+                   f"({t.tokens / max(t.wall, 1e-9):,.0f} tok/s): generation {gen:.1f}s, grading "
+                   f"{t.grade:.1f}s, other {other:.2f}s ({100 * other / max(t.wall, 1e-9):.1f}%); "
+                   f"setup {t.setup:.1f}s")
     return "\n".join(out)
 
 
 # ----------------------------------------------------------------------------- CLI
 
-def parse_config(argv) -> Config:
+# The smallest value each numeric flag may take, inclusive. Checked before anything is read, as
+# these mistakes otherwise surface late: --samples 0 as a ZeroDivisionError at the first row,
+# --kv-gib -1 or --max-rows -1 as a sampler error after the weights are loaded.
+LOWER_BOUNDS = {"samples": 1, "rounds": 1, "temperature": 0.0, "max_new_tokens": 1, "prompt_budget": 1,
+                "min_tokens": -1, "chunk": 1, "workers": 1, "kv_gib": 0.0, "max_rows": 0}
+
+
+def flag_problem(cfg: Config, merge_only: bool) -> str:
+    """The first thing wrong with the flags, as a message naming flag and value; "" if none."""
+    for name in ("data", "out") + (() if merge_only else ("model",)):
+        if not getattr(cfg, name):
+            return f"--{name} is required"
+    for name, low in LOWER_BOUNDS.items():
+        value = getattr(cfg, name)
+        if not math.isfinite(value) or value < low:        # nan and inf come in through float()
+            return f"--{name.replace('_', '-')} must be a number >= {low}, not {value}"
+    if not 0 < cfg.top_p <= 1:
+        return f"--top-p must be in (0, 1], not {cfg.top_p}"
+    if cfg.think not in THINK_CHOICES:
+        return f"--think must be one of {', '.join(THINK_CHOICES)}, not {cfg.think!r}"
+    if cfg.template and cfg.template not in TEMPLATES:
+        return f"--template must be one of {', '.join(TEMPLATES)} (or empty: the checkpoint's), not {cfg.template!r}"
+    if cfg.min_tokens > cfg.max_new_tokens:
+        return (f"--min-tokens {cfg.min_tokens} is over --max-new-tokens {cfg.max_new_tokens}: "
+                "no chain could be accepted")
+    if cfg.temperature == 0 and (cfg.samples > 1 or cfg.rounds > 1):
+        return (f"--temperature 0 is greedy decoding: --samples {cfg.samples} and --rounds {cfg.rounds} "
+                "would repeat one chain; use --samples 1 --rounds 1, or a temperature above 0")
+    return path_problem(cfg)
+
+
+def path_problem(cfg: Config) -> str:
+    """What is wrong with --model, --data and --out as paths; "" if nothing."""
+    if cfg.model and not os.path.isdir(cfg.model):
+        return f"--model {cfg.model}: no such folder (expected an HF model folder)"
+    if not os.path.exists(cfg.data):
+        return f"--data {cfg.data}: no such file or folder"
+    out, data = os.path.realpath(cfg.out), os.path.realpath(cfg.data)
+    if os.path.isdir(out):
+        return f"--out {cfg.out} is a folder; name a file in it, e.g. {os.path.join(cfg.out, 'polished.jsonl')}"
+    if out == data:
+        return f"--out {cfg.out} is --data: the merge would overwrite the input"
+    if os.path.isdir(data) and os.path.dirname(out) == data:
+        # load_records reads every .jsonl of the folder: a rerun would take OUT and its parts as input
+        return f"--out {cfg.out} is inside the --data folder {cfg.data}; write it elsewhere"
+    return ""
+
+
+def parse_config(argv, merge_only: bool = False) -> Config:
+    """Flags from the Config fields (their comments are the help), every one checked."""
     comments = dict(re.findall(r"^\s+(\w+): .*?#\s*(.*)$", inspect.getsource(Config), re.M))
     ap = argparse.ArgumentParser(
-        description="Rejection-sampling chain-of-thought polishing (see the module docstring). "
-        "`python polish.py merge --data D --out O` merges the rank parts of O.")
+        prog="polish.py", description="Rejection-sampling chain-of-thought polishing (see the module "
+        "docstring). `python polish.py merge --data D --out O` merges the rank parts of O.")
     for f in fields(Config):
         flag, help_ = "--" + f.name.replace("_", "-"), f"{comments[f.name]} (default {f.default!r})".replace("%", "%%")
         if f.type is bool:
@@ -324,79 +535,165 @@ def parse_config(argv) -> Config:
         else:
             ap.add_argument(flag, type=f.type, default=f.default, help=help_)
     cfg = Config(**vars(ap.parse_args(argv)))
-    bad = [f"--{k.replace('_', '-')}" for k in ("data", "out") if not getattr(cfg, k)]
-    if bad:
-        ap.error(f"{' and '.join(bad)} {'is' if len(bad) == 1 else 'are'} required")
-    if cfg.think not in THINK_CHOICES:
-        ap.error(f"--think must be one of {', '.join(THINK_CHOICES)}, not {cfg.think!r}")
-    if min(cfg.samples, cfg.rounds, cfg.chunk, cfg.max_new_tokens, cfg.workers) < 1:
-        ap.error("--samples, --rounds, --chunk, --max-new-tokens and --workers must be >= 1")
-    if cfg.temperature < 0 or not 0 < cfg.top_p <= 1 or cfg.min_tokens > cfg.max_new_tokens:
-        ap.error(f"need --temperature >= 0, 0 < --top-p <= 1, --min-tokens <= --max-new-tokens; got "
-                 f"{cfg.temperature}, {cfg.top_p}, {cfg.min_tokens}")
+    problem = flag_problem(cfg, merge_only)
+    if problem:
+        ap.error(problem)
     return cfg
+
+
+def fail(message: str) -> SystemExit:
+    """A flag combination found wrong once files are read: one line, argparse's exit status."""
+    print(f"polish.py: error: {message}", file=sys.stderr)
+    return SystemExit(2)
+
+
+def model_error(cfg: Config, e: Exception) -> ModelFileError:
+    """An error reading the model folder as one line that names it."""
+    text = str(e) if not isinstance(e, KeyError) else f"config.json has no key {e.args[0]!r}"
+    return ModelFileError(text if cfg.model in text else f"--model {cfg.model}: {text}")
+
+
+def read_model_files(cfg: Config) -> tuple[Tokenizer, ModelConfig]:
+    """The model folder's tokenizer and config.json, and a known chat template: all that the
+    checks before loading the weights need."""
+    try:
+        tok = Tokenizer.from_pretrained(cfg.model)
+        tok.render_chat("", cfg.template or None)   # the checkpoint's own template must be one we know
+        with open(os.path.join(cfg.model, "config.json")) as f:
+            mcfg = ModelConfig.from_hf(json.load(f), where=os.path.join(cfg.model, "config.json"))
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        raise model_error(cfg, e) from None
+    return tok, mcfg
+
+
+def read_problems(cfg: Config) -> tuple[list, list]:
+    """The deduplicated records of --data and their row ids."""
+    try:
+        recs = dedupe(load_records(cfg.data, cfg.skip_bad))
+    except (FileNotFoundError, ImportError) as e:
+        raise DataError(str(e)) from None
+    if not recs:
+        raise DataError(f"{cfg.data}: no problems")
+    return recs, [problem_id(i, r["problem"]) for i, r in enumerate(recs)]
+
+
+def over_budget(prompts: list, recs: list, ids: list, cfg: Config, show: bool) -> list:
+    """Indices of the problems whose prompt is over --prompt-budget, listed on stderr when shown."""
+    budget = cfg.prompt_budget
+    over = [i for i, p in enumerate(prompts) if len(p) > budget]
+    if show and over:
+        print(f"polish: {len(over)} of {len(recs)} problems dropped, their prompt is over --prompt-budget "
+              f"{budget} tokens:", file=sys.stderr)
+        for i in over[:LISTED]:
+            print(f"  {ids[i]} ({len(prompts[i])} tokens): {recs[i]['problem'][:60]!r}", file=sys.stderr)
+        if len(over) > LISTED:
+            print(f"  ... and {len(over) - LISTED} more", file=sys.stderr)
+    if len(over) == len(recs):
+        raise fail(f"every prompt of --data {cfg.data} is over --prompt-budget {budget} tokens "
+                   f"(the shortest has {min(map(len, prompts))})")
+    return over
+
+
+def check_kv_budget(mcfg: ModelConfig, longest: int, cfg: Config, dtype) -> None:
+    """--kv-gib must hold one sequence: the longest prompt + --max-new-tokens (sample.generate's
+    own check, made before the weights are loaded)."""
+    per_row = KVCache.bytes_per_row(mcfg, longest + cfg.max_new_tokens, dtype)
+    if cfg.kv_gib and int(cfg.kv_gib * 2**30) < per_row:
+        raise fail(f"--kv-gib {cfg.kv_gib} holds no sequence: the longest prompt ({longest} tokens) + "
+                   f"--max-new-tokens {cfg.max_new_tokens} need {per_row / 2**30:.3f} GiB of KV cache")
+
+
+def start_distributed(world: int):
+    """torch.distributed under torchrun, only for the barrier before the merge (no tensors are
+    exchanged); None in a single process."""
+    if world == 1:
+        return None
+    import datetime
+    import torch.distributed as dist
+    # Before the group exists: torch.distributed.nn binds the default group into its functions'
+    # defaults when first imported (torch._dynamo pulls it in when the model is built on the meta
+    # device). Imported later, that reference keeps the gloo group and its worker threads alive
+    # past destroy_process_group into interpreter exit, where a worker still freeing a finished
+    # collective aborts the rank ("terminate called without an active exception"; seen in the
+    # sample.py and DDP tests).
+    import torch.distributed.nn as _dist_nn  # noqa: F401
+    dist.init_process_group("gloo", timeout=datetime.timedelta(days=7))
+    return dist
+
+
+def run_polish(cfg: Config, rank: int, world: int, part: str) -> None:
+    """Check, load, polish this rank's share, merge on rank 0."""
+    t_start = time.perf_counter()
+    # 1) everything but the weights: model files, problems, prompts in budget, rows already written
+    tok, mcfg = read_model_files(cfg)
+    recs, ids = read_problems(cfg)
+    prompts = [prompt_ids(tok, r["problem"], cfg.template or None) for r in recs]
+    over = set(over_budget(prompts, recs, ids, cfg, show=rank == 0))
+    os.makedirs(os.path.dirname(os.path.abspath(cfg.out)), exist_ok=True)
+    done = done_rows(cfg.out, set(ids), own=part)
+    dropped = {ids[i] for i in over if ids[i] not in done}      # a row from an earlier run is kept
+    todo = [i for i in shard(range(len(recs)), rank, world) if ids[i] not in done and i not in over]
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() \
+        else torch.device("cpu")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    check_kv_budget(mcfg, max((len(prompts[i]) for i in todo), default=0), cfg, dtype)
+    floor = cfg.min_tokens if cfg.min_tokens >= 0 else \
+        default_floor(mcfg.max_position_embeddings, cfg.max_new_tokens)
+    # 2) the process group and the weights
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist = start_distributed(world)
+    try:
+        model = Transformer.from_pretrained(cfg.model, device=device, dtype=dtype).eval()
+    except (FileNotFoundError, ValueError) as e:
+        raise model_error(cfg, e) from None
+    if rank == 0:
+        print(f"polish: {len(recs)} problems, {len(done)} already done, {len(dropped)} over the prompt budget, "
+              f"{len(todo)} on rank 0 of {world}; {cfg.samples} samples x {cfg.rounds} round(s), "
+              f"min {floor} tokens, device {device}", file=sys.stderr, flush=True)
+    # 3) this rank's problems, each row appended to its part as it finishes
+    setup = time.perf_counter() - t_start
+    t = polish(model, tok, recs, ids, prompts, todo, cfg, floor, part, show=rank == 0)
+    t.setup = setup
+    # 4) once every rank is done, rank 0 merges the parts into OUT
+    if dist:
+        dist.barrier()
+    if rank == 0:
+        rows = merge(cfg.out, ids, dropped)
+        print(f"wrote {cfg.out}\n" + summary(rows, t, rank, len(dropped), cfg.prompt_budget))
+    if dist:
+        dist.destroy_process_group()
+
+
+def run_merge(cfg: Config) -> None:
+    """`polish.py merge`: the parts into OUT, by hand. With --model, problems over --prompt-budget
+    need no row, as in the run; without it every problem needs one."""
+    recs, ids = read_problems(cfg)
+    dropped, hint = set(), ""
+    if cfg.model:
+        tok, _ = read_model_files(cfg)
+        prompts = [prompt_ids(tok, r["problem"], cfg.template or None) for r in recs]
+        dropped = {ids[i] for i in over_budget(prompts, recs, ids, cfg, show=True)}
+    else:
+        hint = " (problems over --prompt-budget count only when merge is given --model)"
+    rows = merge(cfg.out, ids, dropped, hint)
+    print(summary(rows, None, 0, len(dropped - {r["polish"]["id"] for r in rows}), cfg.prompt_budget))
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     merge_only = argv[:1] == ["merge"]
-    cfg = parse_config(argv[1:] if merge_only else argv)
+    cfg = parse_config(argv[1:] if merge_only else argv, merge_only)
+    if merge_only:
+        with clean_exit("polish.py", on_interrupt=f"{cfg.out} is replaced only when complete and the rank "
+                        "parts are kept; run the merge again"):
+            run_merge(cfg)
+        return
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    t_start = time.perf_counter()
-    try:
-        recs = dedupe(load_records(cfg.data, cfg.skip_bad))
-        ids = [problem_id(i, r["problem"]) for i, r in enumerate(recs)]
-        if merge_only:
-            print(summary(merge(cfg.out, ids), None, rank))
-            return
-        if not cfg.model or not os.path.isdir(cfg.model):
-            raise FileNotFoundError(f"--model {cfg.model!r}: no such folder (expected an HF model folder)")
-        os.makedirs(os.path.dirname(os.path.abspath(cfg.out)), exist_ok=True)
-        part = part_path(cfg.out, rank, world)
-        done = done_rows(cfg.out, set(ids), own=part)
-        tok = Tokenizer.from_pretrained(cfg.model)
-    except (DataError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
-    try:
-        tok.render_chat("", cfg.template or None)
-    except ValueError as e:
-        sys.exit(f"error: {e}")
-    todo = [i for i in shard(range(len(recs)), rank, world) if ids[i] not in done]
-
-    if torch.cuda.is_available():
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
-    if world > 1:   # only for the barrier before the merge; no tensors are exchanged
-        import datetime
-        import torch.distributed as dist
-        # Before the group exists: torch.distributed.nn binds the default group into its functions'
-        # defaults when first imported (torch._dynamo pulls it in when the model is built on the meta
-        # device). Imported later, that reference keeps the gloo group and its worker threads alive
-        # past destroy_process_group into interpreter exit, where a worker still freeing a finished
-        # collective aborts the rank ("terminate called without an active exception"; seen in the
-        # sample.py and DDP tests).
-        import torch.distributed.nn as _dist_nn  # noqa: F401
-        dist.init_process_group("gloo", timeout=datetime.timedelta(days=7))
-    model = Transformer.from_pretrained(cfg.model, device=device,
-                                        dtype=torch.bfloat16 if device.type == "cuda" else torch.float32).eval()
-    floor = cfg.min_tokens if cfg.min_tokens >= 0 else \
-        default_floor(model.config.max_position_embeddings, cfg.max_new_tokens)
-    if rank == 0:
-        print(f"polish: {len(recs)} problems, {len(done)} already done, {len(todo)} on rank 0 of {world}; "
-              f"{cfg.samples} samples x {cfg.rounds} round(s), min {floor} tokens, device {device}",
-              file=sys.stderr, flush=True)
-    setup = time.perf_counter() - t_start
-    t = polish(model, tok, recs, ids, todo, cfg, floor, part, show=rank == 0)
-    t["setup"] = setup
-    if world > 1:
-        dist.barrier()
-    if rank == 0:
-        rows = merge(cfg.out, ids)
-        print(f"wrote {cfg.out}\n" + summary(rows, t, rank))
-    if world > 1:
-        dist.destroy_process_group()
+    part = part_path(cfg.out, rank, world)
+    with clean_exit("polish.py", on_interrupt=f"the rows finished so far are kept in {part}; run the same "
+                    "command again to continue from them"):
+        run_polish(cfg, rank, world, part)
 
 
 if __name__ == "__main__":
