@@ -9,6 +9,9 @@
         --max-new-tokens 32768 --out results.jsonl                  # pass@1 with a 95% CI, pass@k
     torchrun --nproc_per_node=8 sample.py --model DIR --data aime.jsonl ...   # problems sharded
 
+Problems whose prompt is over --prompt-budget tokens (1024, as in train.py) are dropped before
+the model loads, and counted on stderr and in the summary (over_prompt_budget).
+
 How generate() works. A KVCache of (layers, rows, kv_heads, capacity, head_dim) is allocated
 once from a memory budget; capacity is the longest prompt + max_new_tokens, rows is what the
 budget holds (capped by the number of sequences). Sequences (prompt p, sample j) wait in a
@@ -22,6 +25,10 @@ after a stop are discarded and the row takes the next waiting sequence. Once the
 empty and half the rows are idle, the live rows are compacted so idle rows stop costing.
 On GPU, cuda_graphs=True replays the decode step (forward + sampling + bookkeeping, all in
 fixed buffers) as one CUDA graph per (rows, window) shape, which removes per-op launch cost.
+In the code: _Rows is the host's per-row state, _Scheduler's methods are the steps (admit,
+compact_tail, decode_chunk), prefill_groups decides which prompts share a prefill forward.
+Arguments are checked before anything is allocated. NaN/inf logits raise FloatingPointError
+(found in the log-probs each chunk brings back anyway: no extra synchronisation).
 
 Log-probs. `.logprobs[t]` is log softmax(logits / temperature) at the sampled token: the
 distribution the token was drawn from *before* top-k/top-p truncation, which is the old-policy
@@ -33,9 +40,9 @@ Left out: paged KV (every row reserves its full capacity), prefix sharing across
 speculative decoding, beam search, repetition penalties, tensor parallelism.
 """
 import argparse
-import itertools
 import json
 import math
+import numbers
 import os
 import sys
 import time
@@ -45,8 +52,9 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from data import THINK_CHOICES, DataError, Tokenizer, load_records, prompt_ids, reference_answers, requires_think
-from model import Transformer
+from data import (TEMPLATES, THINK_CHOICES, DataError, Tokenizer, clean_exit, load_records, prompt_ids,
+                  reference_answers, requires_think)
+from model import ModelFileError, Transformer
 from verify import grade_batch, reward_of
 
 WINDOW_ROUND = 64   # attention windows are rounded up to this many slots (fewer distinct shapes)
@@ -248,175 +256,399 @@ class _Decoder:
 
 # ----------------------------------------------------------------------------- generate
 
+def prefill_groups(lengths: dict, budget: int) -> list:
+    """Which prompts are prefilled together: lengths maps prompt -> token count (in queue
+    order). Prompts are sorted by length (ties keep queue order) and cut into runs whose count
+    x longest length (the padded batch) stays within `budget` tokens; a prompt longer than the
+    budget is a group of its own. Sorting keeps right-padding waste low."""
+    order = sorted(lengths, key=lengths.get)
+    groups = []
+    while order:
+        g = 1
+        while g < len(order) and (g + 1) * lengths[order[g]] <= budget:
+            g += 1                        # sorted: the last prompt taken is the longest
+        groups.append(order[:g])
+        order = order[g:]
+    return groups
+
+
+def _prefill(model, prompts: list, group: list):
+    """One forward over the prompts `group` (right-padded to the longest, T tokens); returns
+    k, v (L, G, Hkv, T, D) and the logits of each prompt's last token (G, V) in fp32."""
+    device = next(model.parameters()).device
+    lens = torch.tensor([len(prompts[p]) for p in group], device=device)
+    T = max(len(prompts[p]) for p in group)
+    ids = torch.zeros(len(group), T, dtype=torch.long)                       # (G, T), 0-padded
+    for i, p in enumerate(group):
+        ids[i, :len(prompts[p])] = torch.tensor(prompts[p])
+    pc = _PrefillCache()
+    pos = torch.arange(T, device=device).expand(len(group), T)
+    h = model(ids.to(device), positions=pos, cache=pc, return_hidden=True)   # (G, T, C)
+    # logits of each prompt's last token only, never of every prompt position
+    logits = model.lm_head(h[torch.arange(len(group), device=device), lens - 1]).float()
+    return torch.stack(pc.k), torch.stack(pc.v), logits
+
+
+class _Rows:
+    """Host-side state of the cache rows and of the sequences they produce, so the hot path
+    never asks the device. Sequence s samples prompt s // n; a row holds one sequence at a
+    time. For a live row, length == cache.lengths[row]."""
+
+    def __init__(self, count: int, n: int, total: int, max_new_tokens: int, stops: set, callback):
+        self.seq = [-1] * count                   # sequence each row holds; -1: the row is free
+        self.length = [0] * count                 # tokens in the row's KV slots
+        self.left = [0] * count                   # new tokens the row may still produce
+        self.tokens = [[] for _ in range(total)]  # per sequence: its new tokens so far
+        self.logprobs = [[] for _ in range(total)]
+        self.reason = [None] * total              # per sequence: 'stop' | 'length' once done
+        self.n, self.max_new_tokens, self.stops, self.callback = n, max_new_tokens, stops, callback
+
+    def free(self, active: int) -> list:
+        return [r for r in range(active) if self.seq[r] < 0]
+
+    def live(self, active: int) -> list:
+        return [r for r in range(active) if self.seq[r] >= 0]
+
+    def start(self, r: int, s: int, prompt_len: int):
+        """Row r takes sequence s, whose prompt fills its first prompt_len slots."""
+        self.seq[r], self.length[r], self.left[r] = s, prompt_len, self.max_new_tokens
+
+    def record(self, r: int, new_t: list, new_lp: list):
+        """Append row r's new tokens up to a stop or its length limit; free the row if done.
+        Tokens sampled after the stop (later steps of the same chunk) are dropped."""
+        s = self.seq[r]
+        take = min(len(new_t), self.left[r])
+        for i, t in enumerate(new_t[:take]):
+            if t in self.stops:
+                take, self.reason[s] = i + 1, "stop"
+                break
+        if not math.isfinite(sum(new_lp[:take])):
+            self._non_finite(s, new_lp[:take])
+        self.tokens[s] += new_t[:take]
+        self.logprobs[s] += new_lp[:take]
+        self.left[r] -= take
+        if self.reason[s] is None and self.left[r] == 0:
+            self.reason[s] = "length"
+        if self.callback:
+            self.callback(s, new_t[:take], self.reason[s])
+        if self.reason[s] is not None:
+            self.seq[r] = -1
+
+    def _non_finite(self, s: int, new_lp: list):
+        """A NaN/inf log-prob means NaN/inf logits (finite logits give a finite log-prob at
+        any token that can be sampled): stop with where it happened, instead of returning
+        tokens drawn from garbage. The log-probs reach the host anyway, so this costs no sync."""
+        i = next(i for i, x in enumerate(new_lp) if not math.isfinite(x))
+        step = len(self.tokens[s]) + i           # new token 0 comes from the prefill's logits
+        where = "the prefill" if step == 0 else f"decode step {step}"
+        raise FloatingPointError(
+            f"generate: the model's logits are not finite (log-prob {new_lp[i]}) at {where} of sequence {s} "
+            f"(prompt {s // self.n}, sample {s % self.n}): its weights or activations hold NaN or inf "
+            f"(an overflow in a low-precision dtype, or a corrupt checkpoint?)")
+
+    def record_chunk(self, steps: int, chunk_t: list, chunk_lp: list) -> list:
+        """A decoded chunk, (active, steps) tokens and log-probs: every decoded row's KV grew
+        by `steps` slots; live rows record. Returns the rows idle after it."""
+        for r in range(len(chunk_t)):
+            self.length[r] += steps
+            if self.seq[r] >= 0:
+                self.record(r, chunk_t[r], chunk_lp[r])
+        return self.free(len(chunk_t))
+
+    def compact(self, live: list):
+        """Rows `live` move to rows [0, len(live)) (the host side of KVCache.compact)."""
+        count = len(self.seq)
+        self.seq = [self.seq[r] for r in live] + [-1] * (count - len(live))
+        self.length = [self.length[r] for r in live] + [0] * (count - len(live))
+        self.left = [self.left[r] for r in live] + [0] * (count - len(live))
+
+    def completions(self) -> list:
+        return [Completion(t, lp, why) for t, lp, why in zip(self.tokens, self.logprobs, self.reason)]
+
+
+class _Scheduler:
+    """Continuous batching over one KV cache: the steps generate() runs in turn, and the state
+    they share (the rows, the queue of waiting sequences, prefills kept for later samples)."""
+
+    def __init__(self, model, prompts: list, n: int, cache: KVCache, decoder: "_Decoder", rows: _Rows,
+                 gen, samp: dict, prefill_tokens: int, check_every: int):
+        self.model, self.prompts, self.n = model, prompts, n
+        self.cache, self.dec, self.rows, self.gen, self.samp = cache, decoder, rows, gen, samp
+        self.prefill_tokens, self.check_every = prefill_tokens, check_every
+        self.queue = deque(range(len(prompts) * n))   # waiting sequences, prompt-major
+        # prompt -> (k, v (L, 1, Hkv, T, D), logits (1, V)): the prefill of the one prompt whose
+        # samples were split between two admits, so its later samples are not prefilled again
+        self.pending = {}
+        self.stats = dict(prefill_s=0.0, decode_s=0.0, steps=0, decode_tokens=0, kv_token_reads=0,
+                          rows=cache.rows)
+
+    def admit(self):
+        """Free rows take waiting sequences: each prompt is prefilled once, its K/V copied
+        into each of its sample rows, and each row's first token sampled. Repeats while rows
+        free up at once (a first token that stops, max_new_tokens=1)."""
+        while self.queue:
+            free = self.rows.free(self.cache.active)
+            if not free:
+                return
+            t0 = time.perf_counter()
+            rows_of = {}                                  # prompt -> [(row, seq)]
+            for r in free[:len(self.queue)]:
+                s = self.queue.popleft()
+                rows_of.setdefault(s // self.n, []).append((r, s))
+            # the prompt whose later samples still wait keeps its prefill for the next admit
+            wait = self.queue[0] // self.n if self.queue and self.queue[0] % self.n else None
+            for group, k, v, logits in self._prefilled(rows_of):   # one group in memory at a time
+                self._copy_kv(group, k, v, logits, rows_of, wait)
+                self._first_tokens(group, logits, rows_of)
+            self.stats["prefill_s"] += time.perf_counter() - t0
+
+    def _prefilled(self, rows_of: dict):
+        """(group, k, v, logits) for every prompt in rows_of: kept prefills first, then fresh
+        ones in prefill_groups' order."""
+        kept = [([p], *self.pending.pop(p)) for p in list(self.pending)]
+        yield from kept
+        lengths = {p: len(self.prompts[p]) for p in rows_of if all(p != g[0] for g, *_ in kept)}
+        for group in prefill_groups(lengths, self.prefill_tokens):
+            yield (group, *_prefill(self.model, self.prompts, group))
+
+    def _copy_kv(self, group: list, k, v, logits, rows_of: dict, wait):
+        """The group's prompt K/V (L, G, Hkv, T, D) into slots [0, T) of each sample row; the
+        prompt `wait` (later samples still queued) keeps a copy in pending."""
+        T, device = k.shape[3], self.cache.k.device
+        for g, p in enumerate(group):
+            ri = torch.tensor([r for r, _ in rows_of[p]], device=device)
+            self.cache.k[:, ri, :, :T] = k[:, g:g + 1]             # (L, rows, Hkv, T, D)
+            self.cache.v[:, ri, :, :T] = v[:, g:g + 1]
+            if p == wait:
+                self.pending[p] = (k[:, g:g + 1].clone(), v[:, g:g + 1].clone(), logits[g:g + 1])
+
+    def _first_tokens(self, group: list, logits, rows_of: dict):
+        """Each sample row of the group starts: its length is its prompt's, and its first token
+        is sampled from its prompt's last logits (G, V) with one uniform per row."""
+        device = self.cache.k.device
+        rs = [(r, s) for p in group for r, s in rows_of[p]]
+        ri = torch.tensor([r for r, _ in rs], device=device)
+        plen = [len(self.prompts[s // self.n]) for _, s in rs]
+        self.cache.lengths[ri] = torch.tensor(plen, device=device)
+        src = torch.tensor([g for g, p in enumerate(group) for _ in rows_of[p]], device=device)
+        u = torch.rand(len(rs), 1, generator=self.gen, device=device, dtype=torch.float64)
+        tok, lp = sample_tokens(logits[src], u, **self.samp)                   # (len(rs),)
+        self.dec.cur[ri] = tok
+        for (r, s), P, t, logp in zip(rs, plen, tok.tolist(), lp.tolist()):
+            self.rows.start(r, s, P)
+            self.rows.record(r, [t], [logp])
+
+    def compact_tail(self, live: list) -> bool:
+        """The tail: nothing waits and half the rows are idle while long completions run on.
+        Move the live rows to the front so idle rows stop costing; True if it did."""
+        if self.queue or len(live) > self.cache.active // 2:
+            return False
+        self.cache.compact(live, max(self.rows.length[r] for r in live))
+        self.dec.cur[:len(live)] = self.dec.cur[torch.tensor(live, device=self.cache.k.device)]
+        self.rows.compact(live)
+        return True
+
+    def decode_chunk(self, live: list):
+        """Up to check_every decode steps of rows [0, active), no more than the live row
+        closest to max_new_tokens may take; one host sync at the end. Returns the steps and the chunk's
+        tokens and log-probs as host lists (active, steps)."""
+        na = self.cache.active
+        steps = min(self.check_every, min(self.rows.left[r] for r in live))
+        # one window for the chunk: the longest row after `steps` writes, rounded up
+        self.cache.window = _window(max(self.rows.length[:na]) + steps, self.cache.capacity)
+        t0 = time.perf_counter()
+        chunk_t, chunk_lp = self.dec.run(steps, self.gen)
+        st = self.stats
+        st["decode_s"] += time.perf_counter() - t0
+        st["steps"] += steps
+        st["decode_tokens"] += steps * len(live)
+        st["kv_token_reads"] += sum(steps * self.rows.length[r] + steps * (steps + 1) // 2 for r in live)
+        return steps, chunk_t, chunk_lp
+
+    def reset_idle(self, idle: list):
+        """Idle rows restart at slot 0, so that decoding them never runs past their capacity."""
+        if idle:
+            self.cache.lengths[torch.tensor(idle, device=self.cache.k.device)] = 0
+            for r in idle:
+                self.rows.length[r] = 0
+
+
+def _kv_cache(model, longest: int, total: int, max_new_tokens: int, max_rows, kv_budget) -> KVCache:
+    """A cache of capacity longest prompt + max_new_tokens, with as many rows as the budget
+    holds (at most one per sequence, at most max_rows)."""
+    p0 = next(model.parameters())
+    capacity = longest + max_new_tokens
+    budget = _default_budget(p0.device) if kv_budget is None else kv_budget
+    per_row = KVCache.bytes_per_row(model.config, capacity, p0.dtype)
+    rows = min(total if max_rows is None else max_rows, total, budget // per_row)
+    if rows < 1:
+        raise ValueError(f"generate: the longest prompt ({longest} tokens) + max_new_tokens ({max_new_tokens}) "
+                         f"needs {_size(per_row)} of KV cache per row, over the budget of {_size(budget)}: "
+                         f"shorten the prompt or raise kv_budget")
+    return KVCache(model.config, rows, capacity, p0.device, p0.dtype)
+
+
+def _size(nbytes: float) -> str:
+    """Bytes for a message, in the largest unit that keeps the number >= 1: '9.8 KiB'."""
+    units = ("B", "KiB", "MiB", "GiB", "TiB")
+    k = 0
+    while nbytes >= 1024 and k < len(units) - 1:
+        nbytes /= 1024
+        k += 1
+    return f"{nbytes:.0f} B" if k == 0 else f"{nbytes:.1f} {units[k]}"
+
+
+def _token_ids(name: str, ids) -> list:
+    """ids (a list of ints, or a 1-D integer tensor or array) as a list of Python ints. A float
+    is refused, not truncated: 1.7 is no token id."""
+    if isinstance(ids, torch.Tensor):
+        if ids.dim() != 1 or ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+            raise TypeError(f"generate: {name} must be a 1-D integer tensor, not {ids.dtype} of shape "
+                            f"{tuple(ids.shape)}")
+        return ids.tolist()
+    if isinstance(ids, (str, bytes)) or not hasattr(ids, "__iter__"):
+        raise TypeError(f"generate: {name} must be a list of token ids, not {type(ids).__name__} {ids!r:.60}")
+    ids = list(ids)
+    for i, t in enumerate(ids):
+        if type(t) is not int and (isinstance(t, bool) or not isinstance(t, numbers.Integral)):
+            raise TypeError(f"generate: {name}[{i}] is {type(t).__name__} {t!r}, not an int token id")
+    return [int(t) for t in ids]
+
+
+def _checked_prompts(prompts, vocab_size: int) -> list:
+    """prompts as lists of ints, each non-empty and inside the vocabulary."""
+    if isinstance(prompts, torch.Tensor):
+        prompts = list(prompts)                            # (P, T): one prompt per row
+    if isinstance(prompts, (str, bytes)) or not hasattr(prompts, "__iter__"):
+        raise TypeError(f"generate: prompts must be a list of token-id lists, not {type(prompts).__name__}")
+    prompts = [_token_ids(f"prompts[{i}]", p) for i, p in enumerate(prompts)]
+    if not prompts:
+        raise ValueError("generate: prompts is empty; it must be a non-empty list of non-empty token-id lists")
+    for i, p in enumerate(prompts):
+        if not p:
+            raise ValueError(f"generate: prompts[{i}] is empty; prompts must be non-empty token-id lists")
+        if min(p) < 0 or max(p) >= vocab_size:
+            bad = next(t for t in p if not 0 <= t < vocab_size)
+            raise ValueError(f"generate: prompts[{i}] holds token id {bad}, outside the vocabulary "
+                             f"[0, {vocab_size})")
+    return prompts
+
+
+def _checked_stops(stop_ids, eos) -> set:
+    """The ids that end a completion: stop_ids (ints, a tensor, or one int), or eos for None."""
+    if stop_ids is None:
+        stop_ids = eos
+    if isinstance(stop_ids, numbers.Integral) and not isinstance(stop_ids, bool):
+        stop_ids = [stop_ids]
+    if isinstance(stop_ids, torch.Tensor) and stop_ids.dim() == 0:
+        stop_ids = stop_ids[None]
+    return set(_token_ids("stop_ids", stop_ids))
+
+
+def _int_arg(name: str, value, low: int):
+    """An int argument >= low, or an error naming it (a float or a bool is refused)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"generate: {name} must be an int, not {type(value).__name__} {value!r}")
+    if value < low:
+        raise ValueError(f"generate: {name} must be >= {low}, not {value}")
+
+
+def _real_arg(name: str, value, low: float, high: float, low_ok: bool):
+    """A finite real argument in [low, high] ((low, high] when not low_ok), or an error naming it."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"generate: {name} must be a number, not {type(value).__name__} {value!r}")
+    if not math.isfinite(value) or value < low or value > high or (value == low and not low_ok):
+        bounds = f"{'[' if low_ok else '('}{low}, {high}]" if high < math.inf else f">= {low}"
+        raise ValueError(f"generate: {name} must be a finite number {'in ' if high < math.inf else ''}"
+                         f"{bounds}, not {value}")
+
+
+def _check_options(n, max_new_tokens, temperature, top_p, top_k, seed, max_rows, kv_budget,
+                   check_every, prefill_tokens, callback, stats):
+    """Every scalar argument of generate(), checked before anything is allocated."""
+    for name, value, low in (("n", n, 1), ("max_new_tokens", max_new_tokens, 1), ("top_k", top_k, 0),
+                             ("check_every", check_every, 1), ("prefill_tokens", prefill_tokens, 1)):
+        _int_arg(name, value, low)
+    # None is "no cap" / "the default budget"; 0 is an error, not a synonym for None
+    for name, value in (("max_rows", max_rows), ("kv_budget", kv_budget)):
+        if value is not None:
+            _int_arg(name, value, 1)
+    if seed is not None:
+        _int_arg("seed", seed, -2**63)
+    _real_arg("temperature", temperature, 0.0, math.inf, low_ok=True)
+    _real_arg("top_p", top_p, 0.0, 1.0, low_ok=False)
+    if callback is not None and not callable(callback):
+        raise TypeError(f"generate: callback must be callable, not {type(callback).__name__}")
+    if stats is not None and not isinstance(stats, dict):
+        raise TypeError(f"generate: stats must be a dict, not {type(stats).__name__}")
+
+
 @torch.no_grad()
 def generate(model, prompts, n: int = 1, max_new_tokens: int = 256, temperature: float = 1.0,
              top_p: float = 1.0, top_k: int = 0, stop_ids=None, seed=None, max_rows=None,
              kv_budget=None, check_every: int = 16, prefill_tokens: int = 8192,
              cuda_graphs: bool = False, callback=None, stats=None) -> list:
-    """Sample n completions of each prompt (lists of token ids); returns len(prompts) * n
-    Completions, prompt-major. stop_ids=None stops on model.config.eos_token_id, [] never
-    stops early. max_rows / kv_budget (bytes) bound the rows decoded together; check_every is
-    how many steps run between looks at the device; prefill_tokens bounds one prefill batch
-    (rows x padded length); cuda_graphs replays the decode step as CUDA graphs (GPU only).
-    callback(seq, new_tokens, finish_reason or None) is called as tokens come back
-    (seq = prompt * n + sample). stats, a dict, receives timings and counts.
+    """Sample n completions of each prompt; returns len(prompts) * n Completions, prompt-major
+    (sequence s = prompt s // n, sample s % n).
+
+    model: a model.Transformer; its device and dtype are the cache's.
+    prompts: token-id lists, each non-empty, ids in [0, vocab_size).
+    n: completions per prompt; a prompt is prefilled once for all of them.
+    max_new_tokens: the most tokens a completion may have (the stop token included).
+    temperature: logits are divided by it before sampling; 0 is greedy (log-probs then at T=1).
+    top_p: nucleus mass kept, in (0, 1]; 1 keeps every token.
+    top_k: the k most likely tokens kept (applied before top_p); 0 keeps every token.
+    stop_ids: ids that end a completion; None: model.config.eos_token_id; []: never stop early.
+    seed: seeds the sampling generator; None draws a fresh seed.
+    max_rows: a cap on the rows decoded together; None: as many as kv_budget holds.
+    kv_budget: bytes for the KV cache; None: 60% of free GPU memory, 4 GiB on CPU.
+    check_every: decode steps between looks at the device (finished rows found, rows refilled).
+    prefill_tokens: the most padded tokens (prompts x longest) in one prefill forward.
+    cuda_graphs: replay the decode step as CUDA graphs (GPU only; ignored on CPU).
+    callback: callback(seq, new_tokens, finish_reason or None), called as tokens come back.
+    stats: a dict that receives timings and counts (prefill_s, decode_s, steps, rows, ...).
     """
-    cfg = model.config
-    p0 = next(model.parameters())
-    device, dtype = p0.device, p0.dtype
-    prompts = [list(map(int, p)) for p in prompts]
-    if not prompts or any(len(p) == 0 for p in prompts):
-        raise ValueError("prompts must be a non-empty list of non-empty token-id lists")
-    bad = [t for p in prompts for t in p if not 0 <= t < cfg.vocab_size]
-    if bad:
-        raise ValueError(f"token ids {bad[:5]} are outside the vocabulary [0, {cfg.vocab_size})")
-    if n < 1 or max_new_tokens < 1 or temperature < 0 or not 0 < top_p <= 1 or top_k < 0 \
-            or check_every < 1:
-        raise ValueError(f"need n, max_new_tokens, check_every >= 1, temperature >= 0, 0 < top_p <= 1, "
-                         f"top_k >= 0; got {n}, {max_new_tokens}, {check_every}, {temperature}, "
-                         f"{top_p}, {top_k}")
-    stops = set(cfg.eos_token_id if stop_ids is None else stop_ids)
-    total, longest = len(prompts) * n, max(map(len, prompts))
-    capacity = longest + max_new_tokens
-    budget = _default_budget(device) if kv_budget is None else kv_budget
-    per_row = KVCache.bytes_per_row(cfg, capacity, dtype)
-    rows = min(total, max_rows or total, budget // per_row)
-    if rows < 1:
-        raise ValueError(f"the longest prompt ({longest} tokens) + max_new_tokens ({max_new_tokens}) "
-                         f"needs {per_row / 2**20:.1f} MiB of KV cache per row, over the budget of "
-                         f"{budget / 2**20:.1f} MiB: shorten the prompt or raise kv_budget")
-    cache = KVCache(cfg, rows, capacity, device, dtype)
-    gen = torch.Generator(device)
-    gen.manual_seed(seed) if seed is not None else gen.seed()
-    samp = dict(temperature=temperature, top_p=top_p, top_k=top_k)
-    dec = _Decoder(model, cache, check_every, samp, cuda_graphs)
-
-    queue = deque(range(total))        # waiting sequences; seq s samples prompt s // n
-    row_seq = [-1] * rows              # host bookkeeping, so the hot path never asks the device
-    row_len = [0] * rows               # == cache.lengths for live rows
-    row_left = [0] * rows              # new tokens a live row may still produce
-    toks, lps = [[] for _ in range(total)], [[] for _ in range(total)]
-    reason = [None] * total
-    pending = {}                       # prompt -> (k, v, last logits) while samples still wait
-    st = dict(prefill_s=0.0, decode_s=0.0, steps=0, decode_tokens=0, kv_token_reads=0, rows=rows)
+    # 0) every argument checked before anything is allocated
+    _check_options(n, max_new_tokens, temperature, top_p, top_k, seed, max_rows, kv_budget,
+                   check_every, prefill_tokens, callback, stats)
+    prompts = _checked_prompts(prompts, model.config.vocab_size)
+    stops = _checked_stops(stop_ids, model.config.eos_token_id)
     t_start = time.perf_counter()
-
-    def record(r, new_t, new_lp):
-        """Append a row's new tokens up to a stop or its length limit; free the row if done."""
-        s = row_seq[r]
-        take = min(len(new_t), row_left[r])
-        for i, t in enumerate(new_t[:take]):
-            if t in stops:
-                take, reason[s] = i + 1, "stop"
-                break
-        toks[s] += new_t[:take]
-        lps[s] += new_lp[:take]
-        row_left[r] -= take
-        if reason[s] is None and row_left[r] == 0:
-            reason[s] = "length"
-        if callback:
-            callback(s, new_t[:take], reason[s])
-        if reason[s] is not None:
-            row_seq[r] = -1
-
-    def prefill(ps):
-        """Prefill prompts ps in length-sorted, right-padded groups of <= prefill_tokens padded
-        tokens; yields (group, k, v, logits): k, v (L, G, Hkv, T, D), logits (G, V) fp32."""
-        order = sorted(ps, key=lambda p: len(prompts[p]))
-        while order:
-            T, g = len(prompts[order[0]]), 1
-            while g < len(order) and (g + 1) * len(prompts[order[g]]) <= prefill_tokens:
-                T, g = len(prompts[order[g]]), g + 1      # sorted: the last one is the longest
-            group, order = order[:g], order[g:]
-            lens = torch.tensor([len(prompts[p]) for p in group], device=device)
-            ids = torch.zeros(len(group), T, dtype=torch.long)
-            for i, p in enumerate(group):
-                ids[i, :len(prompts[p])] = torch.tensor(prompts[p])
-            pc = _PrefillCache()
-            pos = torch.arange(T, device=device).expand(len(group), T)
-            h = model(ids.to(device), positions=pos, cache=pc, return_hidden=True)   # (G, T, C)
-            # logits of each prompt's last token only, never of every prompt position
-            logits = model.lm_head(h[torch.arange(len(group), device=device), lens - 1]).float()
-            yield group, torch.stack(pc.k), torch.stack(pc.v), logits
-
-    def admit():
-        """Give free rows to waiting sequences: prefill each prompt once, copy its K/V to each
-        of its sample rows, sample each row's first token."""
-        while queue:
-            free = [r for r in range(cache.active) if row_seq[r] < 0]
-            if not free:
-                return
-            t0 = time.perf_counter()
-            rows_of = {}                                  # prompt -> [(row, seq)]
-            for r in free[:len(queue)]:
-                s = queue.popleft()
-                rows_of.setdefault(s // n, []).append((r, s))
-            wait = queue[0] // n if queue and queue[0] % n else None   # samples still queued
-            old = [([p], *pending.pop(p)) for p in list(pending)]
-            fresh = prefill([p for p in rows_of if all(p != o[0][0] for o in old)])
-            for group, k, v, logits in itertools.chain(old, fresh):   # one group in memory at a time
-                T = k.shape[3]
-                for g, p in enumerate(group):
-                    ri = torch.tensor([r for r, _ in rows_of[p]], device=device)
-                    cache.k[:, ri, :, :T] = k[:, g:g + 1]             # (L, rows, Hkv, T, D)
-                    cache.v[:, ri, :, :T] = v[:, g:g + 1]
-                    if p == wait:
-                        pending[p] = (k[:, g:g + 1].clone(), v[:, g:g + 1].clone(), logits[g:g + 1])
-                rs = [(r, s) for p in group for r, s in rows_of[p]]
-                ri = torch.tensor([r for r, _ in rs], device=device)
-                plen = [len(prompts[s // n]) for _, s in rs]
-                cache.lengths[ri] = torch.tensor(plen, device=device)
-                src = torch.tensor([g for g, p in enumerate(group) for _ in rows_of[p]], device=device)
-                u = torch.rand(len(rs), 1, generator=gen, device=device, dtype=torch.float64)
-                tok, lp = sample_tokens(logits[src], u, **samp)
-                dec.cur[ri] = tok
-                for (r, s), P, t, logp in zip(rs, plen, tok.tolist(), lp.tolist()):
-                    row_seq[r], row_len[r], row_left[r] = s, P, max_new_tokens
-                    record(r, [t], [logp])
-            st["prefill_s"] += time.perf_counter() - t0
-
+    total = len(prompts) * n
+    cache = _kv_cache(model, max(map(len, prompts)), total, max_new_tokens, max_rows, kv_budget)
+    gen = torch.Generator(cache.k.device)
+    if seed is None:
+        gen.seed()
+    else:
+        gen.manual_seed(seed)
+    samp = dict(temperature=temperature, top_p=top_p, top_k=top_k)
+    # a chunk never runs more than max_new_tokens steps: no wider buffers than that
+    dec = _Decoder(model, cache, min(check_every, max_new_tokens), samp, cuda_graphs)
+    rows = _Rows(cache.rows, n, total, max_new_tokens, stops, callback)
+    run = _Scheduler(model, prompts, n, cache, dec, rows, gen, samp, prefill_tokens, check_every)
     while True:
-        admit()
-        live = [r for r in range(cache.active) if row_seq[r] >= 0]
+        # 1) free rows take waiting sequences (prefill, K/V copied per sample, first token)
+        run.admit()
+        live = rows.live(cache.active)
         if not live:
             break
-        if not queue and len(live) <= cache.active // 2:
-            # the tail: long completions run on; stop paying for idle rows
-            cache.compact(live, max(row_len[r] for r in live))
-            dec.cur[:len(live)] = dec.cur[torch.tensor(live, device=device)]
-            row_seq, row_len, row_left = ([a[r] for r in live] + [fill] * (rows - len(live))
-                                          for a, fill in ((row_seq, -1), (row_len, 0), (row_left, 0)))
+        # 2) the tail: once nothing waits and half the rows idle, the live rows move to the front
+        if run.compact_tail(live):
             live = list(range(len(live)))
-        na = cache.active
-        steps = min(check_every, min(row_left[r] for r in live))
-        # one window for the chunk: the longest row after `steps` writes, rounded up
-        cache.window = _window(max(row_len[:na]) + steps, capacity)
-        t0 = time.perf_counter()
-        chunk_t, chunk_lp = dec.run(steps, gen)                        # (na, steps) each
-        st["decode_s"] += time.perf_counter() - t0
-        st["steps"] += steps
-        st["decode_tokens"] += steps * len(live)
-        st["kv_token_reads"] += sum(steps * row_len[r] + steps * (steps + 1) // 2 for r in live)
-        for r in range(na):
-            row_len[r] += steps
-            if row_seq[r] >= 0:
-                record(r, chunk_t[r], chunk_lp[r])
-        idle = [r for r in range(na) if row_seq[r] < 0]
-        if idle:   # idle rows restart at slot 0 so they never run past their capacity
-            cache.lengths[torch.tensor(idle, device=device)] = 0
-            for r in idle:
-                row_len[r] = 0
-    st["total_s"] = time.perf_counter() - t_start
-    st["graphs"], st["capture_s"] = len(dec.graphs), dec.capture_s
+        # 3) decode a chunk on the device; its tokens come back in one transfer
+        steps, chunk_t, chunk_lp = run.decode_chunk(live)
+        # 4) record each live row's tokens up to its stop; finished rows free up and restart at 0
+        run.reset_idle(rows.record_chunk(steps, chunk_t, chunk_lp))
+    run.stats.update(total_s=time.perf_counter() - t_start, graphs=len(dec.graphs), capture_s=dec.capture_s)
     if stats is not None:
-        stats.update(st)
-    return [Completion(toks[s], lps[s], reason[s]) for s in range(total)]
+        stats.update(run.stats)
+    return rows.completions()
 
 
 # ----------------------------------------------------------------------------- evaluation
 
 def grade_completions(tok, outs: list, refs: list, require_think: bool = False, workers: int = 4,
-          problems: list | None = None):
+                      problems: list | None = None):
     """DeepScaleR's reward for each completion against its reference (an answer, or a list of
     equivalent forms): 1.0 when the last \\boxed{} answer equals the reference, and, with
     require_think (R1 models), the reply also closed its reasoning with </think>; else 0.0.
@@ -434,6 +666,24 @@ def grade_completions(tok, outs: list, refs: list, require_think: bool = False, 
     return texts, right, rewards
 
 
+class _Progress:
+    """generate()'s callback for evaluate(): a line with tokens/s and ETA to stderr every 10 s."""
+
+    def __init__(self, total: int, active: bool):
+        self.total, self.active, self.done, self.ntok = total, active, 0, 0
+        self.t0 = self.last = time.time()
+
+    def __call__(self, s: int, new: list, finish):
+        self.ntok += len(new)
+        self.done += finish is not None
+        now = time.time()
+        if self.active and now - self.last > 10:
+            rate, eta = self.ntok / (now - self.t0), (now - self.t0) * (self.total - self.done) / max(self.done, 1)
+            print(f"[rank 0] {self.done}/{self.total} samples, {self.ntok:,} tokens, {rate:,.0f} tok/s, "
+                  f"ETA {eta / 60:.1f} min", file=sys.stderr, flush=True)
+            self.last = now
+
+
 def evaluate(model, tok, recs: list, n: int = 1, require_think: bool = False, template=None,
              workers: int = 4, rank: int = 0, world: int = 1, progress: bool = False,
              **gen_kw) -> tuple[list, dict]:
@@ -448,19 +698,8 @@ def evaluate(model, tok, recs: list, n: int = 1, require_think: bool = False, te
         raise ValueError("evaluate: no records")
     mine = list(range(rank, len(recs), world))                  # data.shard's split
     prompts = [recs[i].get("prompt_ids") or prompt_ids(tok, recs[i]["problem"], template) for i in mine]
-    total, done, ntok, t0 = len(prompts) * n, 0, 0, time.time()
-    last = t0
-
-    def report(s, new, fin):
-        nonlocal done, ntok, last
-        ntok += len(new)
-        done += fin is not None
-        now = time.time()
-        if progress and rank == 0 and now - last > 10:
-            print(f"[rank 0] {done}/{total} samples, {ntok:,} tokens, {ntok / (now - t0):,.0f} tok/s, "
-                  f"ETA {(now - t0) * (total - done) / max(done, 1) / 60:.1f} min", file=sys.stderr, flush=True)
-            last = now
-    outs = generate(model, prompts, n=n, callback=report, **gen_kw) if prompts else []
+    progress_line = _Progress(len(prompts) * n, active=progress and rank == 0)
+    outs = generate(model, prompts, n=n, callback=progress_line, **gen_kw) if prompts else []
     refs = [reference_answers(recs[i]) for i in mine for _ in range(n)]
     problems = [recs[i]["problem"] for i in mine for _ in range(n)]
     texts, _, rewards = grade_completions(tok, outs, refs, require_think, workers, problems)
@@ -476,7 +715,7 @@ def evaluate(model, tok, recs: list, n: int = 1, require_think: bool = False, te
         dist.all_gather_object(parts, rows)
         rows = sorted((r for part in parts for r in part), key=lambda r: r["index"])
     summary = summarize(rows, n)
-    summary["tokens_per_s"] = sum(sum(r["lengths"]) for r in rows) / max(1e-9, time.time() - t0)
+    summary["tokens_per_s"] = sum(sum(r["lengths"]) for r in rows) / max(1e-9, time.time() - progress_line.t0)
     return rows, summary
 
 
@@ -505,8 +744,10 @@ def summarize(rows: list, n: int) -> dict:
     return out
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("How generate() works")[0],
+def parse_flags(argv=None) -> argparse.Namespace:
+    """The command line, every flag checked before anything is loaded (argparse's one-line
+    error, naming the flag and its value, and exit status 2)."""
+    ap = argparse.ArgumentParser(prog="sample.py", description=__doc__.split("How generate() works")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="HF model folder (config.json, safetensors, tokenizer.json)")
     src = ap.add_mutually_exclusive_group(required=True)
@@ -520,10 +761,12 @@ def main(argv=None):
     ap.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
     ap.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = off)")
     ap.add_argument("--max-new-tokens", type=int, default=4096, help="response budget per sample")
+    ap.add_argument("--prompt-budget", type=int, default=1024,
+                    help="longest prompt in tokens (as train.py): longer problems are dropped and counted")
     ap.add_argument("--seed", type=int, default=0, help="sampling seed (each rank adds its rank)")
-    ap.add_argument("--template", default=None,
-                    help="chat template: deepseek-r1 or chatml (default: the checkpoint's)")
-    ap.add_argument("--max-rows", type=int, default=None, help="cap on rows decoded together")
+    ap.add_argument("--template", default=None, choices=sorted(TEMPLATES),
+                    help="chat template (default: the checkpoint's)")
+    ap.add_argument("--max-rows", type=int, default=None, help="cap on rows decoded together (default: none)")
     ap.add_argument("--kv-gib", type=float, default=None,
                     help="KV cache budget in GiB (default 60%% of unused GPU memory, 4 on CPU)")
     ap.add_argument("--dtype", choices=["bfloat16", "float32"], default=None,
@@ -534,7 +777,40 @@ def main(argv=None):
     ap.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=True,
                     help="replay decode steps as CUDA graphs (GPU only; 2.8x eager at batch 256 on an H200)")
     a = ap.parse_args(argv)
+    problem = flag_problem(a)
+    if problem:
+        ap.error(problem)
+    return a
 
+
+def flag_problem(a: argparse.Namespace) -> str:
+    """The first flag out of range, as a message naming flag and value; "" if none. These
+    mistakes otherwise surface after the model has loaded, or as a traceback from generate()."""
+    lows = {"n": ("--samples", 1), "top_k": ("--top-k", 0), "max_new_tokens": ("--max-new-tokens", 1),
+            "prompt_budget": ("--prompt-budget", 1), "workers": ("--workers", 1), "max_rows": ("--max-rows", 1)}
+    for name, (flag, low) in lows.items():
+        value = getattr(a, name)
+        if value is not None and value < low:
+            return f"{flag} must be >= {low}, not {value}"
+    if not (math.isfinite(a.temperature) and a.temperature >= 0):
+        return f"--temperature must be a finite number >= 0, not {a.temperature}"
+    if not 0 < a.top_p <= 1:
+        return f"--top-p must be in (0, 1], not {a.top_p}"
+    if a.kv_gib is not None and not (math.isfinite(a.kv_gib) and a.kv_gib * 2**30 >= 1):
+        return f"--kv-gib must be a finite number > 0, not {a.kv_gib}"
+    if not os.path.isdir(a.model):
+        return f"--model {a.model}: no such folder"
+    if a.data is not None and not os.path.exists(a.data):
+        return f"--data {a.data}: no such file or folder"
+    if a.prompt is not None and not a.prompt.strip():
+        return "--prompt is empty"
+    if a.out is not None and (a.data is None or not os.path.isdir(os.path.dirname(a.out) or ".")):
+        return f"--out {a.out}: " + ("only written with --data" if a.data is None else "its folder does not exist")
+    return ""
+
+
+def start_device():
+    """(rank, world, device): one process, or this rank's GPU under torchrun (gloo on CPU)."""
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     if torch.cuda.is_available():
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
@@ -549,47 +825,103 @@ def main(argv=None):
         # interpreter exit aborted the rank ("terminate called without an active exception").
         import torch.distributed.nn as _dist_nn  # noqa: F401
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    dtype = getattr(torch, a.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
-    tok = Tokenizer.from_pretrained(a.model)
-    model = Transformer.from_pretrained(a.model, device=device, dtype=dtype).eval()
-    kw = dict(temperature=a.temperature, top_p=a.top_p, top_k=a.top_k, max_rows=a.max_rows,
-              cuda_graphs=a.cuda_graphs,
-              max_new_tokens=a.max_new_tokens, seed=a.seed + rank,
-              kv_budget=None if a.kv_gib is None else int(a.kv_gib * 2**30))
+    return rank, world, device
 
-    if a.prompt is not None:
-        got, shown = [], ""
 
-        def stream(s, new, fin):
-            nonlocal shown
-            got.extend(new[:-1] if fin == "stop" else new)    # the stop token is not printed
-            text = tok.decode(got)
-            print(text[len(shown):], end="", flush=True)
-            shown = text
-        generate(model, [tok.encode_chat(a.prompt, a.template)], n=1, check_every=4,
-                 callback=stream, **kw)
-        print()
-        if world > 1:
-            dist.destroy_process_group()    # join gloo's threads while the interpreter is whole
-        return
-
+def load_problems(a: argparse.Namespace, tok) -> tuple[list, list, int]:
+    """--data's records with their prompt ids, less those over --prompt-budget tokens;
+    returns (records kept, their indices in the file, how many were dropped). Dropping
+    happens here, before the model loads: one 200 KB problem (~100K tokens) otherwise
+    reserves its length in every KV row and spends minutes in a quadratic prefill before
+    the first token. Tokenizing it takes milliseconds."""
     try:
         recs = load_records(a.data)
-    except (DataError, FileNotFoundError, ImportError) as e:
-        raise SystemExit(f"error: {e}") from None
+    except (FileNotFoundError, ImportError) as e:
+        raise DataError(str(e)) from None
+    kept, where = [], []
+    for i, r in enumerate(recs):
+        ids = r.get("prompt_ids") or prompt_ids(tok, r["problem"], a.template)
+        if len(ids) <= a.prompt_budget:
+            kept.append(dict(r, prompt_ids=ids))
+            where.append(i)
+    dropped = len(recs) - len(kept)
+    if dropped and int(os.environ.get("RANK", 0)) == 0:
+        print(f"sample.py: {a.data}: dropped {dropped} of {len(recs)} problems, over the {a.prompt_budget}-token "
+              f"prompt budget (--prompt-budget)", file=sys.stderr)
+    if not kept:
+        raise DataError(f"{a.data}: no problem fits the {a.prompt_budget}-token prompt budget (--prompt-budget)")
+    return kept, where, dropped
+
+
+class _Printer:
+    """generate()'s callback for --prompt: prints the reply's new text as its tokens come back
+    (decoded in full each time, so a character split across tokens prints once whole)."""
+
+    def __init__(self, tok):
+        self.tok, self.got, self.shown = tok, [], ""
+
+    def __call__(self, s: int, new: list, finish):
+        self.got.extend(new[:-1] if finish == "stop" else new)    # the stop token is not printed
+        text = self.tok.decode(self.got)
+        print(text[len(self.shown):], end="", flush=True)
+        self.shown = text
+
+
+def chat(model, tok, ids: list, kw: dict):
+    """Stream one reply to stdout, looking at the device every 4 steps."""
+    generate(model, [ids], n=1, check_every=4, callback=_Printer(tok), **kw)
+    print()
+
+
+def evaluate_to_files(model, tok, a, recs: list, where: list, dropped: int, rank: int, world: int, kw: dict):
+    """evaluate() on the kept records; rank 0 writes --out and prints the summary line. Rows
+    keep their index in the --data file, not in the kept list."""
     think = requires_think(a.think, a.template or tok.chat_template)
     rows, summ = evaluate(model, tok, recs, n=a.n, require_think=think, template=a.template,
                           workers=a.workers, rank=rank, world=world, progress=True, **kw)
-    if rank == 0:
-        if a.out:
-            tmp = a.out + ".tmp"
-            with open(tmp, "w") as f:
-                f.writelines(json.dumps(r) + "\n" for r in rows)
-            os.replace(tmp, a.out)                          # never a half-written results file
-        summ.update(model=a.model, data=a.data, require_think=think)
-        print(json.dumps(summ))
+    for r in rows:
+        r["index"] = where[r["index"]]
+    if rank != 0:
+        return
+    if a.out:
+        tmp = a.out + ".tmp"
+        with open(tmp, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+        os.replace(tmp, a.out)                          # never a half-written results file
+    summ.update(model=a.model, data=a.data, require_think=think, over_prompt_budget=dropped)
+    print(json.dumps(summ))
+
+
+def run(a: argparse.Namespace):
+    """Inputs first (tokenizer, prompts, budget), then the model, then sampling."""
+    rank, world, device = start_device()
+    tok = Tokenizer.from_pretrained(a.model)
+    if a.prompt is not None:
+        ids = tok.encode_chat(a.prompt, a.template)
+        if len(ids) > a.prompt_budget:
+            raise DataError(f"--prompt is {len(ids)} tokens, over --prompt-budget {a.prompt_budget}")
+    else:
+        recs, where, dropped = load_problems(a, tok)
+    dtype = getattr(torch, a.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
+    model = Transformer.from_pretrained(a.model, device=device, dtype=dtype).eval()
+    kw = dict(temperature=a.temperature, top_p=a.top_p, top_k=a.top_k, max_rows=a.max_rows,
+              cuda_graphs=a.cuda_graphs, max_new_tokens=a.max_new_tokens, seed=a.seed + rank,
+              kv_budget=None if a.kv_gib is None else int(a.kv_gib * 2**30))
+    try:
+        if a.prompt is not None:
+            chat(model, tok, ids, kw)
+        else:
+            evaluate_to_files(model, tok, a, recs, where, dropped, rank, world, kw)
+    except FloatingPointError as e:      # NaN/inf logits: the weights in --model, not the data
+        raise ModelFileError(f"--model {a.model}: {e}") from None
     if world > 1:
-        dist.destroy_process_group()
+        dist.destroy_process_group()    # join gloo's threads while the interpreter is whole
+
+
+def main(argv=None):
+    a = parse_flags(argv)
+    with clean_exit("sample.py", on_interrupt="no results were written"):
+        run(a)
 
 
 if __name__ == "__main__":

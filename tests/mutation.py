@@ -224,7 +224,7 @@ MUTANTS = [
            SAMPLE + "test_greedy_with_cache_equals_full_forward", "decode does not attend to its own token"),
     mutant("sample.py", "positions=lens[:, None], cache=c)", "positions=lens[:, None] + 1, cache=c)",
            SAMPLE + "test_greedy_with_cache_equals_full_forward", "decode positions off by one"),
-    mutant("sample.py", 'take, reason[s] = i + 1, "stop"', 'take, reason[s] = i, "stop"',
+    mutant("sample.py", 'take, self.reason[s] = i + 1, "stop"', 'take, self.reason[s] = i, "stop"',
            SAMPLE + "test_stop_ids_and_max_new_tokens", "stop token dropped from the completion"),
     mutant("sample.py", "logp = (logits / temperature).log_softmax(-1)", "logp = logits.log_softmax(-1)",
            SAMPLE + "test_logprobs_equal_a_fresh_forward", "temperature ignored"),
@@ -234,7 +234,7 @@ MUTANTS = [
            SAMPLE + "test_top_k_and_top_p_keep_only_their_sets", "top-k keeps only the top token"),
     mutant("sample.py", "torch.searchsorted(cdf, u * cdf[:, -1:], right=True)", "torch.searchsorted(cdf, u, right=True)",
            SAMPLE + "test_top_k_and_top_p_keep_only_their_sets", "inverse CDF ignores the truncated mass"),
-    mutant("sample.py", "rows_of.setdefault(s // n, []).append((r, s))", "rows_of.setdefault(s % n, []).append((r, s))",
+    mutant("sample.py", "rows_of.setdefault(s // self.n, []).append((r, s))", "rows_of.setdefault(s % self.n, []).append((r, s))",
            SAMPLE + "test_continuous_batching_equals_one_at_a_time", "sample rows given the wrong prompt"),
     # ------------------------------------------------------------------ polish.py
     mutant("polish.py", 'return len(MARKERS.findall(text.split("</think>", 1)[0]))', "return len(MARKERS.findall(text))",
@@ -251,7 +251,7 @@ MUTANTS = [
            POLISH + "test_rows_schema_acceptance_and_selection", "</think> not required with the R1 template"),
     mutant("polish.py", "good += len(line) + 1", "good += len(line)",
            POLISH + "test_torn_line_and_resume", "torn-line repair cuts into the last good row"),
-    mutant("polish.py", 'if not s["cands"] and rnd < cfg.rounds:', 'if not s["cands"] and rnd <= cfg.rounds:',
+    mutant("polish.py", "if not tally.accepted and rnd < self.cfg.rounds:", "if not tally.accepted and rnd <= self.cfg.rounds:",
            POLISH + "test_rounds_resample_only_unsolved", "one round more than --rounds"),
 ]
 
