@@ -20,9 +20,13 @@ Chat templates are the two the supported checkpoints use, written out, not run t
 Datasets: `load_records` reads a JSON list (deepscaler.json), JSONL, parquet (the hub's
 data/train-*.parquet, through pyarrow when installed) or a folder of such shards into dicts
 with `problem`, `answer` and `solution` strings, every other field kept. Bad rows are errors
-naming file, line and field, or are skipped and listed when asked.
+naming file, line and field, or are skipped and listed when asked. A file that cannot be read
+as a whole (not UTF-8, a JSON object where a list belongs) is a DataError naming it; a UTF-8
+byte-order mark is accepted. Text fields are checked for lone surrogates ("\\ud800" in JSON),
+which are not text. Missing or malformed tokenizer files are model.ModelFileError.
 """
 import argparse
+import codecs
 import contextlib
 import glob
 import json
@@ -34,7 +38,7 @@ import unicodedata
 
 import tiktoken
 
-from model import ModelFileError
+from model import ModelFileError, model_folder, one_line, read_json
 
 # ----------------------------------------------------------------------------- tokenizer
 
@@ -94,26 +98,120 @@ def _byte_decoder() -> dict[str, int]:
 
 def _pattern(pre: dict | None, where: str) -> str:
     """Turn a tokenizer.json pre_tokenizer into one tiktoken regex (or refuse it by name)."""
-    steps = pre.get("pretokenizers", []) if pre and pre.get("type") == "Sequence" else [pre] if pre else []
+    steps = pre.get("pretokenizers") if isinstance(pre, dict) and pre.get("type") == "Sequence" else [pre] if pre else []
+    if not isinstance(steps, list) or not all(isinstance(s, dict) for s in steps):
+        raise ModelFileError(f"{where}: pre_tokenizer must be an object (or a Sequence of objects), found "
+                             f"{json.dumps(pre)[:80]}")
     kinds = [s.get("type") for s in steps]
     byte_level = [s for s in steps if s.get("type") == "ByteLevel"]
     if len(byte_level) != 1 or kinds[-1] != "ByteLevel":
-        raise ValueError(f"{where}: pre_tokenizer {kinds} has no final ByteLevel step; only byte-level "
-                         "BPE tokenizers can be represented")
+        raise ModelFileError(f"{where}: pre_tokenizer {kinds} has no final ByteLevel step; only byte-level "
+                             "BPE tokenizers can be represented")
     if byte_level[0].get("add_prefix_space"):
-        raise ValueError(f"{where}: ByteLevel add_prefix_space=true is not supported")
+        raise ModelFileError(f"{where}: ByteLevel add_prefix_space=true is not supported")
     rest, use_regex = steps[:-1], byte_level[0].get("use_regex", True)
     if not rest and use_regex:
         return GPT2_PATTERN
     if len(rest) == 1 and rest[0].get("type") == "Split" and not use_regex:
         split = rest[0]
-        if split.get("behavior") != "Isolated" or split.get("invert") or "Regex" not in split.get("pattern", {}):
-            raise ValueError(f"{where}: Split pre-tokenizer {split} is not an isolated regex split")
-        return split["pattern"]["Regex"]
+        pattern = split.get("pattern")
+        regex = pattern.get("Regex") if isinstance(pattern, dict) else None
+        if split.get("behavior") != "Isolated" or split.get("invert") or not isinstance(regex, str):
+            raise ModelFileError(f"{where}: Split pre-tokenizer {split} is not an isolated regex split")
+        return regex
     if len(rest) == 1 and rest[0] == {"type": "Digits", "individual_digits": True} and use_regex:
         return GPT2_DIGITS_PATTERN
-    raise ValueError(f"{where}: pre_tokenizer sequence {kinds} (ByteLevel use_regex={use_regex}) "
-                     "is not one tiktoken can represent")
+    raise ModelFileError(f"{where}: pre_tokenizer sequence {kinds} (ByteLevel use_regex={use_regex}) "
+                         "is not one tiktoken can represent")
+
+
+def _tokenizer_json(path: str) -> tuple[str, dict]:
+    """(path of tokenizer.json, its contents), checked for the shape the rest of the build
+    reads, so that a malformed file is a ModelFileError naming it, not a KeyError."""
+    where = os.path.join(model_folder(path), "tokenizer.json")
+    if not os.path.isfile(where):
+        raise ModelFileError(f"{where}: no tokenizer.json (expected an HF model folder)")
+    tj = read_json(where)
+    model = tj.get("model")
+    if not isinstance(model, dict):
+        raise ModelFileError(f"{where}: no \"model\" object (the tokenizer's vocab and merges)")
+    vocab = model.get("vocab")
+    if not isinstance(vocab, dict) or not vocab or not all(_is_id(i) for i in vocab.values()):
+        raise ModelFileError(f"{where}: model.vocab must be a non-empty object of token -> integer id")
+    if not isinstance(model.get("merges", []), list):
+        raise ModelFileError(f"{where}: model.merges must be a list")
+    added = tj.get("added_tokens", [])
+    if not isinstance(added, list) or not all(
+            isinstance(t, dict) and isinstance(t.get("content"), str) and _is_id(t.get("id")) for t in added):
+        raise ModelFileError(f"{where}: added_tokens must be a list of {{\"content\": string, \"id\": integer}}")
+    return where, tj
+
+
+def _is_id(i) -> bool:
+    return isinstance(i, int) and not isinstance(i, bool) and i >= 0
+
+
+def _added_tokens(tj: dict, where: str) -> dict[str, int]:
+    """Added (special) tokens by content; the options tiktoken cannot express are refused."""
+    specials = {}
+    for t in tj.get("added_tokens", []):
+        if t.get("lstrip") or t.get("rstrip") or t.get("single_word"):
+            raise ModelFileError(f"{where}: added token {t['content']!r} uses lstrip/rstrip/single_word, "
+                                 "which is not supported")
+        specials[t["content"]] = t["id"]
+    return specials
+
+
+def _ranks(model: dict, specials: dict[str, int], where: str) -> dict[bytes, int]:
+    """Vocab -> tiktoken ranks. tiktoken merges the adjacent pair whose result has the lowest
+    rank and returns ranks as ids, so id order must agree with the merge order HF applies."""
+    bd = _byte_decoder()
+    ranks = {}
+    for token, i in model["vocab"].items():
+        if token in specials:
+            continue
+        try:
+            ranks[bytes(bd[c] for c in token)] = i
+        except KeyError:
+            raise ModelFileError(f"{where}: vocab entry {token!r} (id {i}) is not byte-level encoded") from None
+    last, merged = -1, set()
+    for m in model.get("merges", []):
+        pair = m.split(" ", 1) if isinstance(m, str) else m
+        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(p, str) for p in pair)):
+            raise ModelFileError(f"{where}: merge {m!r} is neither \"a b\" nor [\"a\", \"b\"]")
+        a, b = pair
+        i = model["vocab"].get(a + b)
+        if i is None:
+            raise ModelFileError(f"{where}: merge {a!r} + {b!r} makes a token missing from the vocab")
+        if i <= last:
+            raise ModelFileError(f"{where}: merge {a!r} + {b!r} -> id {i} comes after id {last}: "
+                                 "ids do not follow merge order, which tiktoken cannot represent")
+        last = i
+        merged.add(i)
+    # A multi-byte token no merge produces would be reachable in tiktoken but not in HF.
+    orphans = [t for t, i in ranks.items() if len(t) > 1 and i not in merged]
+    if orphans:
+        raise ModelFileError(f"{where}: {len(orphans)} vocab entries (e.g. {orphans[0]!r}) are not "
+                             "produced by any merge, which tiktoken cannot represent")
+    return ranks
+
+
+def _bos_eos(path: str) -> tuple[str | None, str | None]:
+    """bos and eos token texts from tokenizer_config.json, when the folder has one. A token
+    may be written as a string or as an AddedToken object with "content"."""
+    where = os.path.join(path, "tokenizer_config.json")
+    if not os.path.isfile(where):
+        return None, None
+    cfg = read_json(where)
+    names = []
+    for key in ("bos_token", "eos_token"):
+        t = cfg.get(key)
+        name = t.get("content") if isinstance(t, dict) else t
+        if name is not None and not isinstance(name, str):
+            raise ModelFileError(f"{where}: {key} must be a string or {{\"content\": string}}, "
+                                 f"found {json.dumps(t)[:80]}")
+        names.append(name)
+    return names[0], names[1]
 
 
 class Tokenizer:
@@ -148,75 +246,34 @@ class Tokenizer:
 
     @classmethod
     def from_pretrained(cls, path: str) -> "Tokenizer":
-        """Build from a checkpoint folder's tokenizer.json (+ tokenizer_config.json for bos/eos)."""
-        where = os.path.join(path, "tokenizer.json")
-        if not os.path.isfile(where):
-            raise FileNotFoundError(f"{where}: no tokenizer.json (expected an HF model folder)")
-        with open(where, encoding="utf-8") as f:
-            tj = json.load(f)
-        model = tj.get("model", {})
+        """Build from a checkpoint folder's tokenizer.json (+ tokenizer_config.json for bos/eos).
+        A file that is missing, malformed or not representable is a one-line ModelFileError."""
+        where, tj = _tokenizer_json(path)
+        model = tj["model"]
         if model.get("type") != "BPE" or model.get("byte_fallback"):
-            raise ValueError(f"{where}: model type {model.get('type')!r} (byte_fallback="
-                             f"{model.get('byte_fallback')}) is not byte-level BPE; tiktoken cannot represent it")
+            raise ModelFileError(f"{where}: model type {model.get('type')!r} (byte_fallback="
+                                 f"{model.get('byte_fallback')}) is not byte-level BPE; tiktoken cannot represent it")
         norm = tj.get("normalizer")
         if norm not in (None, {"type": "NFC"}):
-            raise ValueError(f"{where}: normalizer {norm} is not supported (none or NFC are)")
+            raise ModelFileError(f"{where}: normalizer {norm} is not supported (none or NFC are)")
         pattern = _pattern(tj.get("pre_tokenizer"), where)
-
-        specials = {}
-        for t in tj.get("added_tokens", []):
-            if t.get("lstrip") or t.get("rstrip") or t.get("single_word"):
-                raise ValueError(f"{where}: added token {t['content']!r} uses lstrip/rstrip/single_word, "
-                                 "which is not supported")
-            specials[t["content"]] = t["id"]
-
-        # Vocab -> ranks. tiktoken merges the adjacent pair whose result has the lowest rank and
-        # returns ranks as ids, so id order must agree with the merge order HF applies.
-        bd = _byte_decoder()
-        ranks = {}
-        for token, i in model["vocab"].items():
-            if token in specials:
-                continue
-            try:
-                ranks[bytes(bd[c] for c in token)] = i
-            except KeyError:
-                raise ValueError(f"{where}: vocab entry {token!r} (id {i}) is not byte-level encoded") from None
-        last, merged = -1, set()
-        for m in model.get("merges", []):
-            a, b = m.split(" ", 1) if isinstance(m, str) else m
-            i = model["vocab"].get(a + b)
-            if i is None:
-                raise ValueError(f"{where}: merge {a!r} + {b!r} makes a token missing from the vocab")
-            if i <= last:
-                raise ValueError(f"{where}: merge {a!r} + {b!r} -> id {i} comes after id {last}: "
-                                 "ids do not follow merge order, which tiktoken cannot represent")
-            last = i
-            merged.add(i)
-        # A multi-byte token no merge produces would be reachable in tiktoken but not in HF.
-        orphans = [t for t, i in ranks.items() if len(t) > 1 and i not in merged]
-        if orphans:
-            raise ValueError(f"{where}: {len(orphans)} vocab entries (e.g. {orphans[0]!r}) are not "
-                             "produced by any merge, which tiktoken cannot represent")
+        specials = _added_tokens(tj, where)
+        ranks = _ranks(model, specials, where)
         # tiktoken needs a rank for every byte. A byte the vocab lacks is HF's unk token: give it
         # a placeholder rank above all ids (no merge can involve it) and map it to unk on encode.
         missing = [b for b in range(256) if bytes([b]) not in ranks]
         unk = model.get("unk_token")
-        if missing and unk not in model["vocab"]:
-            raise ValueError(f"{where}: no token for bytes {missing[:8]} and no unk_token to map them to")
+        if missing and not (isinstance(unk, str) and unk in model["vocab"]):
+            raise ModelFileError(f"{where}: no token for bytes {missing[:8]} and no unk_token to map them to")
         first_placeholder = max(max(ranks.values()), max(specials.values(), default=0)) + 1
         for k, b in enumerate(missing):
             ranks[bytes([b])] = first_placeholder + k
-
-        enc = tiktoken.Encoding(name=os.path.basename(os.path.abspath(path)), pat_str=pattern,
-                                mergeable_ranks=ranks, special_tokens=specials)
-        bos = eos = None
-        cfg_path = os.path.join(path, "tokenizer_config.json")
-        if os.path.isfile(cfg_path):
-            with open(cfg_path, encoding="utf-8") as f:
-                cfg = json.load(f)
-            # A token may be written as a string or as an AddedToken dict with "content".
-            bos, eos = [(t or {}).get("content") if isinstance(t, dict) else t
-                        for t in (cfg.get("bos_token"), cfg.get("eos_token"))]
+        try:
+            enc = tiktoken.Encoding(name=os.path.basename(os.path.abspath(path)), pat_str=pattern,
+                                    mergeable_ranks=ranks, special_tokens=specials)
+        except ValueError as e:   # the pre-tokenizer's regex does not compile
+            raise ModelFileError(f"{where}: pre_tokenizer regex {pattern!r} is not usable ({e})") from None
+        bos, eos = _bos_eos(path)
         return cls(enc, specials, nfc=norm is not None, bos=bos, eos=eos,
                    unk=(first_placeholder, model["vocab"][unk]) if missing else None)
 
@@ -265,7 +322,8 @@ class Tokenizer:
 # ----------------------------------------------------------------------------- datasets
 
 class DataError(ValueError):
-    """A row that cannot be used, with its location (file:line or file row N) in the message."""
+    """A data file or row that cannot be used, with its location (file, file:line or file row N)
+    in a one-line message."""
 
 
 @contextlib.contextmanager
@@ -289,34 +347,117 @@ def clean_exit(program: str, on_interrupt: str = ""):
         raise SystemExit(130) from None
 
 
+# What load_records reads, said whenever a file has some other shape.
+EXPECTED = "expected a JSON list of objects, JSONL (one object a line), parquet, or a folder of them"
+
+
 def _read_rows(path: str):
-    """Yield (location, row) for every row of a JSON list, JSONL or parquet file."""
+    """Yield (location, row) for every row of a JSON list, JSONL or parquet file. A row that
+    is not valid JSON is yielded as a DataError (skip_bad may drop it); a file that cannot be
+    read as a whole (not UTF-8, not a list, not parquet) raises one."""
     if path.endswith(".parquet"):
-        try:
-            import pyarrow.parquet as pq
-        except ImportError:
-            raise ImportError(f"{path}: reading parquet needs pyarrow: pip install pyarrow") from None
-        for i, row in enumerate(pq.read_table(path).to_pylist()):
-            yield f"{path} row {i}", row
+        yield from _parquet_rows(path)
         return
-    with open(path, encoding="utf-8") as f:
-        head = f.read(1 << 16).lstrip()
-        f.seek(0)
-        if head.startswith("["):  # a JSON list
-            try:
-                rows = json.load(f)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
-            for i, row in enumerate(rows):
-                yield f"{path} row {i}", row
-            return
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                yield f"{path}:{lineno}", json.loads(line)
-            except json.JSONDecodeError as e:
-                yield f"{path}:{lineno}", DataError(f"{path}:{lineno}: not valid JSON ({e.msg})")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 16).removeprefix(codecs.BOM_UTF8).lstrip()
+            f.seek(0)
+            if head.startswith(b"["):
+                yield from _json_list_rows(path, f.read())
+            else:
+                yield from _jsonl_rows(path, f)
+    except OSError as e:
+        raise DataError(f"{path}: cannot be read ({e.strerror})") from None
+
+
+def _utf8(path: str, raw: bytes, offset: int = 0, lineno: int = 1) -> str:
+    """raw (which starts at byte `offset`, line `lineno` of the file) as text, or a DataError
+    naming the line and byte offset of the first byte that is not UTF-8 (a latin-1 or binary
+    file), instead of a bare UnicodeDecodeError that names no file."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = lineno + raw.count(b"\n", 0, e.start)
+        raise DataError(f"{path}:{line}: not UTF-8 text (byte offset {offset + e.start}: {e.reason}, "
+                        f"byte 0x{raw[e.start]:02x}); save the file as UTF-8") from None
+
+
+def _json_list_rows(path: str, raw: bytes):
+    """The rows of a file holding one JSON list (a UTF-8 byte-order mark is allowed)."""
+    bom = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0
+    try:
+        rows = json.loads(_utf8(path, raw[bom:], offset=bom))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+    for i, row in enumerate(rows):
+        yield f"{path} row {i}", row
+
+
+def _jsonl_rows(path: str, f):
+    """The rows of a JSONL file read from the binary file f, one JSON value a line."""
+    offset, first = 0, True
+    for lineno, line in enumerate(f, 1):
+        bom = len(codecs.BOM_UTF8) if lineno == 1 and line.startswith(codecs.BOM_UTF8) else 0
+        text = _utf8(path, line[bom:], offset + bom, lineno)
+        offset += len(line)
+        if not text.strip():
+            continue
+        try:
+            row = json.loads(text)
+        except json.JSONDecodeError as e:
+            if first:   # a pretty-printed object fails on its first line: say what the file is
+                _refuse_whole_value(path)
+            row = DataError(f"{path}:{lineno}: not valid JSON ({e.msg})")
+        if first and _is_wrapper(row):   # {"train": [...]} on one line
+            raise DataError(f"{path}: {_shape(row)}; {EXPECTED}")
+        first = False
+        yield f"{path}:{lineno}", row
+
+
+def _refuse_whole_value(path: str) -> None:
+    """When the whole file is one JSON value that is not a list (an object spread over many
+    lines), raise a DataError saying so; otherwise return and let the line be reported."""
+    with open(path, "rb") as f:
+        raw = f.read().removeprefix(codecs.BOM_UTF8)
+    try:
+        value = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return
+    raise DataError(f"{path}: {_shape(value)}; {EXPECTED}")
+
+
+def _is_wrapper(row) -> bool:
+    """A row that is a dataset in a wrapper ({"train": [{...}, ...]}, {"data": {...}}), not a
+    problem: it has none of the fields of a row and holds objects."""
+    if not isinstance(row, dict) or {"problem", "question", "answer"} & set(row):
+        return False
+    return any(isinstance(v, dict) or (isinstance(v, list) and v and isinstance(v[0], dict)) for v in row.values())
+
+
+def _shape(value) -> str:
+    """What a JSON value is, in the words of an error message."""
+    if not isinstance(value, dict):
+        kinds = {str: "string", int: "number", float: "number", bool: "true/false", type(None): "null"}
+        return f"found a single JSON {kinds.get(type(value), type(value).__name__)}"
+    keys = ", ".join(repr(k) for k in list(value)[:5]) + (", ..." if len(value) > 5 else "")
+    lists = [k for k, v in value.items() if isinstance(v, list)]
+    hint = f" (is the list under {lists[0]!r} the data?)" if lists else ""
+    return f"found a JSON object with keys {keys}{hint}"
+
+
+def _parquet_rows(path: str):
+    """The rows of a parquet file, through pyarrow (imported only when a parquet file is read)."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DataError(f"{path}: reading parquet needs pyarrow: pip install pyarrow") from None
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(f"{path}: not a readable parquet file ({one_line(e)})") from None
+    for i, row in enumerate(table.to_pylist()):
+        yield f"{path} row {i}", row
 
 
 def _text(value) -> str | None:
@@ -331,10 +472,41 @@ def _text(value) -> str | None:
     return value.strip() if isinstance(value, str) else None
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _surrogate_field(value, name: str = "") -> tuple[str, str] | None:
+    """(field, character) for the first string of a row (nested fields dotted: 'meta.source')
+    holding a lone surrogate. JSON's "\\ud800" decodes to one; it is no character, so the
+    tokenizer and every UTF-8 writer downstream (polish.py's output) fail on it, far from the
+    row that holds it."""
+    if isinstance(value, str):
+        found = None if value.isascii() else _SURROGATE.search(value)   # isascii: the fast path
+        return (name, found.group()) if found else None
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        inner = f"{name}.{key}" if name else str(key)
+        found = _surrogate_field(key, inner) if isinstance(key, str) else None
+        found = found or _surrogate_field(item, inner)
+        if found:
+            return found
+    return None
+
+
 def to_record(row, where: str) -> dict:
     """Map a source row (DeepScaleR, MATH, AIME, GSM8K, Minerva, OlympiadBench) to a record."""
     if not isinstance(row, dict):
         raise DataError(f"{where}: expected an object with problem and answer, got {type(row).__name__}")
+    bad = _surrogate_field(row)
+    if bad:
+        field, char = bad
+        raise DataError(f"{where}: field {field!r} holds {char!r}, a lone UTF-16 surrogate, which is "
+                        "not a character: the row can be neither tokenized nor written as UTF-8")
     rec = dict(row)
     problem = rec.pop("question", None) if "problem" not in rec else rec["problem"]
     rec["problem"] = _text(problem)
@@ -362,16 +534,17 @@ def load_records(path: str, skip_bad: bool = False) -> list[dict]:
     """Records from a file or a folder of shards (*.json, *.jsonl, *.parquet, in name order).
 
     A bad row raises DataError naming file, line (or row) and field. With skip_bad=True bad
-    rows are dropped instead and every one is listed on stderr.
+    rows are dropped instead and every one is listed on stderr. A file that cannot be read as
+    a whole (missing, not UTF-8, not a list of rows) is a DataError even then.
     """
     if os.path.isdir(path):
         files = sorted(f for ext in ("json", "jsonl", "parquet") for f in glob.glob(os.path.join(path, f"*.{ext}")))
         if not files:
-            raise FileNotFoundError(f"{path}: folder holds no .json, .jsonl or .parquet files")
+            raise DataError(f"{path}: folder holds no .json, .jsonl or .parquet files; {EXPECTED}")
     elif os.path.isfile(path):
         files = [path]
     else:
-        raise FileNotFoundError(f"{path}: no such file or folder")
+        raise DataError(f"{path}: no such file or folder")
     records, bad = [], []
     for fn in files:
         for where, row in _read_rows(fn):
@@ -454,10 +627,8 @@ def main(argv=None):
     st.add_argument("--model", required=True, help="checkpoint folder whose tokenizer.json counts tokens")
     st.add_argument("--skip-bad", action="store_true", help="drop rows without a problem or answer (listed on stderr)")
     args = ap.parse_args(argv)
-    try:
+    with clean_exit("data.py"):
         stats(args.file, args.model, args.skip_bad)
-    except (DataError, FileNotFoundError, ImportError) as e:
-        sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":

@@ -16,8 +16,12 @@ Parameter names mirror transformers' (embed_tokens, layers.N.self_attn.q_proj, m
 input_layernorm, norm, lm_head), so loading a checkpoint is "strip the `model.` prefix and
 load_state_dict(strict, assign) on the meta device". Deliberately left out: rope scaling
 (llama3, yarn, linear, dynamic), sliding-window attention, dropout, MoE, multimodal towers.
-Each of these is refused by name when a config asks for it.
+Each of these is refused by name when a config asks for it. A folder that cannot be loaded
+(no folder, a missing, malformed or mistyped config.json, a truncated safetensors file, a
+missing shard, tensors that do not fit the config) is a ModelFileError: one line naming the
+file and what is wrong.
 """
+import codecs
 import json
 import math
 import os
@@ -30,15 +34,122 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 
-
 class ModelFileError(ValueError):
     """A model folder that cannot be loaded: the message is one line naming the file and what
     is wrong with it. Entry points print it as it is, without a traceback."""
 
 
+def one_line(e: BaseException) -> str:
+    """An exception's text on one line: library errors (safetensors, pyarrow) may span several."""
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def model_folder(path) -> str:
+    """path as a string when it is a folder, else ModelFileError saying what it is instead."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ModelFileError(f"{path}: no such folder (expected an HF model folder)")
+    if not os.path.isdir(path):
+        raise ModelFileError(f"{path}: is a file, not a folder (expected an HF model folder)")
+    return path
+
+
+def read_json(path: str) -> dict:
+    """A model folder's JSON file as a dict, or ModelFileError naming the file and, for bad
+    syntax, the line and column as an editor counts them."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise ModelFileError(f"{path}: cannot be read ({e.strerror})") from None
+    try:
+        # utf-8-sig: a byte-order mark some Windows editors add is not an error
+        obj = json.loads(raw.decode("utf-8-sig"))
+    except UnicodeDecodeError as e:
+        start = e.start + (3 if raw.startswith(codecs.BOM_UTF8) else 0)   # e counts after the BOM
+        line = raw.count(b"\n", 0, start) + 1
+        raise ModelFileError(f"{path}:{line}: not UTF-8 text (byte offset {start}: {e.reason})") from None
+    except json.JSONDecodeError as e:
+        raise ModelFileError(f"{path}:{e.lineno}:{e.colno}: not valid JSON ({e.msg})") from None
+    if not isinstance(obj, dict):
+        raise ModelFileError(f"{path}: expected a JSON object {{...}}, found a {type(obj).__name__}")
+    return obj
+
+
 # ----------------------------------------------------------------------------- config
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)   # JSON true is not a layer count
+
+
+def _is_size(v) -> bool:
+    return _is_int(v) and v >= 1
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_bool(v) -> bool:
+    return isinstance(v, bool)
+
+
+def _is_str(v) -> bool:
+    return isinstance(v, str)
+
+
+def _is_dict(v) -> bool:
+    return isinstance(v, dict)
+
+
+def _is_ids(v) -> bool:
+    return _is_int(v) or (isinstance(v, list) and all(_is_int(i) for i in v))
+
+
+# config.json keys that from_hf reads, and what each must hold when present and not null. A
+# wrong type is refused here by name; past this point it would surface as a TypeError or a
+# tensor-shape error deep inside model construction, far from the file that caused it.
+_CONFIG_TYPES = {
+    "vocab_size": ("a positive integer", _is_size),
+    "hidden_size": ("a positive integer", _is_size),
+    "intermediate_size": ("a positive integer", _is_size),
+    "num_hidden_layers": ("a positive integer", _is_size),
+    "num_attention_heads": ("a positive integer", _is_size),
+    "num_key_value_heads": ("a positive integer", _is_size),
+    "head_dim": ("a positive integer", _is_size),
+    "max_position_embeddings": ("a positive integer", _is_size),
+    "rms_norm_eps": ("a number", _is_number),
+    "rope_theta": ("a number", _is_number),
+    "tie_word_embeddings": ("true or false", _is_bool),
+    "attention_bias": ("true or false", _is_bool),
+    "mlp_bias": ("true or false", _is_bool),
+    "torch_dtype": ("a string", _is_str),
+    "dtype": ("a string", _is_str),
+    "rope_scaling": ("an object", _is_dict),
+    "rope_parameters": ("an object", _is_dict),
+    "bos_token_id": ("an integer", _is_int),
+    "eos_token_id": ("an integer or a list of integers", _is_ids),
+}
+_REQUIRED_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+
+
+def _shown(value) -> str:
+    """A config value as config.json writes it (JSON), cut short for a one-line message."""
+    return json.dumps(value, default=repr)[:80]
+
+
+def _check_config_types(d: dict, where: str) -> None:
+    """Refuse a missing required key or a value of the wrong type, naming the key and value."""
+    for key in _REQUIRED_KEYS:
+        if d.get(key) is None:
+            raise ModelFileError(f"{where}: {key} is missing (it must be {_CONFIG_TYPES[key][0]})")
+    for key, (kind, ok) in _CONFIG_TYPES.items():
+        value = d.get(key)
+        if value is not None and not ok(value):
+            raise ModelFileError(f"{where}: {key} must be {kind}, found {_shown(value)}")
 
 
 @dataclass
@@ -70,39 +181,46 @@ class ModelConfig:
 
     @classmethod
     def from_hf(cls, d: dict, where: str = "config.json") -> "ModelConfig":
-        """Read the keys we use from an HF config dict (transformers 4.x or 5.x layout)."""
+        """Read the keys we use from an HF config dict (transformers 4.x or 5.x layout). What is
+        missing, mistyped or not implemented is a ModelFileError naming `where` and the key."""
         mt = d.get("model_type")
         if mt not in ("qwen2", "llama"):
-            raise ValueError(f"{where}: model_type {mt!r} is not implemented (qwen2 and llama are)")
+            raise ModelFileError(f"{where}: model_type {mt!r} is not implemented (qwen2 and llama are)")
+        _check_config_types(d, where)
         act = d.get("hidden_act", "silu")
         if act != "silu":
-            raise ValueError(f"{where}: hidden_act {act!r} is not implemented (silu is)")
+            raise ModelFileError(f"{where}: hidden_act {act!r} is not implemented (silu is)")
         if mt == "qwen2" and d.get("use_sliding_window"):
-            raise ValueError(f"{where}: use_sliding_window=true is not implemented")
+            raise ModelFileError(f"{where}: use_sliding_window=true is not implemented")
         # transformers 5 folds rope_theta and rope_scaling into rope_parameters.
         rope = dict(d.get("rope_parameters") or {})
         scaling = d.get("rope_scaling") or rope
         kind = scaling.get("rope_type", scaling.get("type", "default")) if scaling else "default"
         if kind != "default":
-            raise ValueError(f"{where}: rope_scaling type {kind!r} is not implemented "
-                             "(only plain RoPE with rope_theta is)")
+            raise ModelFileError(f"{where}: rope_scaling type {kind!r} is not implemented "
+                                 "(only plain RoPE with rope_theta is)")
         theta = d.get("rope_theta", rope.get("rope_theta", 10000.0))
         eos = d.get("eos_token_id")
         eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
         dtype = d.get("torch_dtype") or d.get("dtype") or "float32"
         if dtype not in _DTYPES:
-            raise ValueError(f"{where}: dtype {dtype!r} is not one of {sorted(_DTYPES)}")
-        return cls(
-            model_type=mt, vocab_size=d["vocab_size"], hidden_size=d["hidden_size"],
-            intermediate_size=d["intermediate_size"], num_hidden_layers=d["num_hidden_layers"],
-            num_attention_heads=d["num_attention_heads"],
-            num_key_value_heads=d.get("num_key_value_heads") or d["num_attention_heads"],
-            head_dim=d.get("head_dim") or 0, rms_norm_eps=d.get("rms_norm_eps", 1e-6),
-            rope_theta=float(theta), max_position_embeddings=d.get("max_position_embeddings", 4096),
-            tie_word_embeddings=d.get("tie_word_embeddings", mt == "llama"),
-            attention_bias=True if mt == "qwen2" else d.get("attention_bias", False),
-            mlp_bias=False if mt == "qwen2" else d.get("mlp_bias", False),
-            torch_dtype=dtype, bos_token_id=d.get("bos_token_id"), eos_token_id=eos)
+            raise ModelFileError(f"{where}: dtype {dtype!r} is not one of {sorted(_DTYPES)}")
+        if not _is_number(theta):
+            raise ModelFileError(f"{where}: rope_theta must be a number, found {_shown(theta)}")
+        try:
+            return cls(
+                model_type=mt, vocab_size=d["vocab_size"], hidden_size=d["hidden_size"],
+                intermediate_size=d["intermediate_size"], num_hidden_layers=d["num_hidden_layers"],
+                num_attention_heads=d["num_attention_heads"],
+                num_key_value_heads=d.get("num_key_value_heads") or d["num_attention_heads"],
+                head_dim=d.get("head_dim") or 0, rms_norm_eps=d.get("rms_norm_eps", 1e-6),
+                rope_theta=float(theta), max_position_embeddings=d.get("max_position_embeddings", 4096),
+                tie_word_embeddings=d.get("tie_word_embeddings", mt == "llama"),
+                attention_bias=True if mt == "qwen2" else d.get("attention_bias", False),
+                mlp_bias=False if mt == "qwen2" else d.get("mlp_bias", False),
+                torch_dtype=dtype, bos_token_id=d.get("bos_token_id"), eos_token_id=eos)
+        except ValueError as e:   # __post_init__'s checks across keys (heads vs kv heads)
+            raise ModelFileError(f"{where}: {e}") from None
 
     def to_hf(self) -> dict:
         """The config.json transformers expects for this architecture."""
@@ -358,31 +476,21 @@ class Transformer(nn.Module):
 
         Parameters are created on the meta device and the loaded tensors assigned in place,
         so the weights exist once in memory. dtype defaults to the checkpoint's torch_dtype.
+        A folder that cannot be loaded is a one-line ModelFileError naming the file at fault.
         """
-        cfg_path = os.path.join(path, "config.json")
-        if not os.path.isfile(cfg_path):
-            raise FileNotFoundError(f"{cfg_path}: no config.json (expected an HF model folder)")
-        with open(cfg_path) as f:
-            cfg = ModelConfig.from_hf(json.load(f), where=cfg_path)
+        cfg = read_config(path)
         dtype = dtype or _DTYPES[cfg.torch_dtype]
         device = torch.device(device or "cpu")
-        files = _weight_files(path)
+        files, weights = _weight_files(os.fspath(path))
         with torch.device("meta"):
             model = cls(cfg)
-        expected = set(model.state_dict())
-        if cfg.tie_word_embeddings:
-            expected.discard("lm_head.weight")
         state = {}
         for hf_key, tensor in _read_safetensors(files, device):
             key = hf_key.removeprefix("model.")
             if key == "lm_head.weight" and cfg.tie_word_embeddings:
                 continue  # some tied checkpoints store a copy; the tie uses embed_tokens
             state[key] = tensor.to(dtype)
-        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-        if missing or unexpected:
-            raise ValueError(f"{path}: checkpoint does not match the {cfg.model_type} architecture: "
-                             f"missing keys {missing[:10]}{'...' if len(missing) > 10 else ''}, "
-                             f"unexpected keys {unexpected[:10]}{'...' if len(unexpected) > 10 else ''}")
+        _check_state(state, model, weights)
         if cfg.tie_word_embeddings:
             state["lm_head.weight"] = state["embed_tokens.weight"]
         model.load_state_dict(state, strict=True, assign=True)
@@ -425,19 +533,50 @@ class Transformer(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
-def _weight_files(path) -> list[str]:
+def read_config(path) -> ModelConfig:
+    """The ModelConfig of a model folder's config.json, or ModelFileError naming what is wrong."""
+    where = os.path.join(model_folder(path), "config.json")
+    if not os.path.isfile(where):
+        raise ModelFileError(f"{where}: no config.json (expected an HF model folder)")
+    return ModelConfig.from_hf(read_json(where), where=where)
+
+
+def _weight_files(path: str) -> tuple[list[str], str]:
+    """The safetensors files of a folder, and the file to name when their contents are wrong
+    (model.safetensors, or the index of a sharded checkpoint)."""
     single, index = os.path.join(path, "model.safetensors"), os.path.join(path, "model.safetensors.index.json")
     if os.path.isfile(single):
-        return [single]
-    if os.path.isfile(index):
-        with open(index) as f:
-            shards = sorted(set(json.load(f)["weight_map"].values()))
-        missing = [s for s in shards if not os.path.isfile(os.path.join(path, s))]
-        if missing:
-            raise FileNotFoundError(f"{index} names shards that are not there: {missing}")
-        return [os.path.join(path, s) for s in shards]
-    raise FileNotFoundError(f"{path}: neither model.safetensors nor model.safetensors.index.json "
-                            "(only safetensors checkpoints are read)")
+        return [single], single
+    if not os.path.isfile(index):
+        raise ModelFileError(f"{path}: neither model.safetensors nor model.safetensors.index.json "
+                             "(only safetensors checkpoints are read)")
+    weight_map = read_json(index).get("weight_map")
+    if not isinstance(weight_map, dict) or not all(isinstance(s, str) for s in weight_map.values()):
+        raise ModelFileError(f"{index}: no \"weight_map\" object mapping tensor names to shard files")
+    shards = sorted(set(weight_map.values()))
+    missing = [s for s in shards if not os.path.isfile(os.path.join(path, s))]
+    if missing:
+        raise ModelFileError(f"{index}: names shards that are not there: {missing[:5]} "
+                             f"({len(missing)} of {len(shards)} missing)")
+    return [os.path.join(path, s) for s in shards], index
+
+
+def _check_state(state: dict, model: nn.Module, weights: str) -> None:
+    """Refuse tensors whose names or shapes do not fit the architecture config.json describes,
+    naming them (load_state_dict would say it in a multi-line RuntimeError)."""
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if model.config.tie_word_embeddings:
+        want.pop("lm_head.weight")
+    missing, unexpected = sorted(set(want) - set(state)), sorted(set(state) - set(want))
+    if missing or unexpected:
+        raise ModelFileError(f"{weights}: checkpoint does not match the {model.config.model_type} "
+                             f"architecture: missing keys {missing[:10]}{'...' if len(missing) > 10 else ''}, "
+                             f"unexpected keys {unexpected[:10]}{'...' if len(unexpected) > 10 else ''}")
+    wrong = [k for k in sorted(want) if tuple(state[k].shape) != want[k]]
+    if wrong:
+        k = wrong[0]
+        raise ModelFileError(f"{weights}: tensor {k} has shape {list(state[k].shape)} but config.json "
+                             f"implies {list(want[k])}" + (f" ({len(wrong) - 1} more differ)" if len(wrong) > 1 else ""))
 
 
 def _read_safetensors(files, device, batch_bytes=2**28):
@@ -446,21 +585,26 @@ def _read_safetensors(files, device, batch_bytes=2**28):
     Tensors come from a private memory map. When they are converted to another dtype the
     source pages stay resident until the map is closed, so the files are reopened in batches:
     the peak stays near one copy of the weights instead of the checkpoint plus the result.
+    A truncated or corrupt file is a ModelFileError naming it (safetensors' own error names
+    no file).
     """
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
     for fn in files:
-        with safe_open(fn, framework="pt", device=str(device)) as f:
-            keys, batches, size = list(f.keys()), [[]], 0
-            for k in keys:
-                if size > batch_bytes:
-                    batches.append([])
-                    size = 0
-                batches[-1].append(k)
-                size += math.prod(f.get_slice(k).get_shape()) * 4  # an upper bound per element
-        for batch in batches:
+        try:
             with safe_open(fn, framework="pt", device=str(device)) as f:
-                for k in batch:
-                    yield k, f.get_tensor(k)
+                keys, batches, size = list(f.keys()), [[]], 0
+                for k in keys:
+                    if size > batch_bytes:
+                        batches.append([])
+                        size = 0
+                    batches[-1].append(k)
+                    size += math.prod(f.get_slice(k).get_shape()) * 4  # an upper bound per element
+            for batch in batches:
+                with safe_open(fn, framework="pt", device=str(device)) as f:
+                    for k in batch:
+                        yield k, f.get_tensor(k)
+        except (SafetensorError, OSError) as e:
+            raise ModelFileError(f"{fn}: not a readable safetensors file ({one_line(e)})") from None
 
 
 def _dump(obj, fn):

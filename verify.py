@@ -11,10 +11,12 @@ The reference picks the comparison: choice letter, text, union, set/list (order 
 interval/tuple (ordered, bracket types), matrix, base-n, ratio, equation (lhs - rhs
 proportional), inequality, scalar. Our own small LaTeX parser reads scalars as exact Fractions
 in this process; whatever needs sympy (radicals, pi, symbols) runs in a worker process that is
-killed and replaced past the timeout (select() on a pipe: any thread, no signals). A cost
-model refuses, before computing it, whatever is too big to compute here (the MAX_* caps below,
-each with its measured cost): long text, deep nesting, exact values past MAX_BITS bits however
-they are written (1e-999999999, 10^{10^9}, 5000 digits, n!), \pm chains past the list cap.
+killed and replaced past the timeout (select() on a pipe: any thread, no signals), and that
+dies with the process that started it, even mid-job (Linux: PR_SET_PDEATHSIG; elsewhere a
+thread that watches getppid()). A cost model refuses, before computing it, whatever is too
+big to compute here (the MAX_* caps below, each with its measured cost): long text, deep
+nesting, exact values past MAX_BITS bits however they are written (1e-999999999, 10^{10^9},
+5000 digits, n!), \pm chains past the list cap.
 Timeouts and errors are "not correct", counted in STATS and logged; no exception leaves
 grade(), reward(), grade_batch() or explain(). The file mode of the CLI reports bad lines by
 number, grades the others and ends with a summary.
@@ -53,8 +55,10 @@ import logging
 import math
 import operator
 import os
+import queue
 import re
 import select
+import signal
 import subprocess
 import sys
 import threading
@@ -1203,9 +1207,43 @@ def _decide(refs: list, ans: str, sp=None, choices: dict | None = None) -> tuple
 
 # ---------------------------------------------------------------------------- worker processes
 
-def _serve() -> None:
+def _set_pdeathsig() -> bool:
+    """prctl(PR_SET_PDEATHSIG, SIGKILL) through libc: the kernel kills this process when the
+    thread that started it ends. False where there is no prctl (not Linux)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(1, signal.SIGKILL, 0, 0, 0) == 0   # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):   # no libc to load, or a libc without prctl
+        return False
+
+
+def _watch_parent(parent: int) -> None:
+    """The portable fallback, run in a daemon thread: exit once this process is orphaned (it is
+    then reparented, so getppid() changes). Python switches threads every 5 ms, so this runs
+    even while the main thread is inside a sympy job."""
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Make this worker end with the process that started it, even in the middle of a job. Its
+    stdin EOF is only read between jobs, so a killed trainer otherwise leaves its graders
+    computing until their current sympy job is done."""
+    if not _set_pdeathsig():
+        threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+    if os.getppid() != parent:   # the parent died before the kernel was asked to watch it
+        os._exit(1)
+
+
+def _serve(parent: int | None = None) -> None:
     """Worker main: JSON lines [refs, answer] on stdin, [verdict, why] on stdout. Sympy lives
-    here."""
+    here. `parent` is the pid of the process that started it: the worker dies with it."""
+    if parent is not None:
+        _die_with_parent(parent)
     import sympy   # before "ready", so that a job's timeout is all work
     out = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)   # stray prints go to stderr, never into the protocol
@@ -1228,6 +1266,49 @@ def _serve() -> None:
         out.flush()
 
 
+class _Spawner:
+    """Starts the worker processes from one thread that lives as long as this process. Linux's
+    PR_SET_PDEATHSIG fires when the *thread* that started a child ends, not the process: a
+    worker started by one of grade_batch's threads would be killed when that batch is done,
+    though the pool means to keep it for the next one."""
+
+    def __init__(self):
+        self.pid = os.getpid()   # a forked child has no copy of the thread: it needs its own
+        self.requests = queue.SimpleQueue()
+        threading.Thread(target=self._run, daemon=True, name="verify-spawner").start()
+
+    def _run(self) -> None:
+        while True:
+            argv, reply = self.requests.get()
+            try:   # no terminal signals (own session); the worker exits on stdin EOF
+                reply.put(subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                           start_new_session=True))
+            except Exception as e:   # raised again in the caller's thread; this thread must live on
+                reply.put(e)
+
+    def popen(self, argv: list) -> subprocess.Popen:
+        """Popen(argv) on pipes, run by the spawner thread; the caller waits for it."""
+        reply = queue.SimpleQueue()
+        self.requests.put((argv, reply))
+        p = reply.get()
+        if isinstance(p, Exception):
+            raise p
+        return p
+
+
+_spawner: _Spawner | None = None
+_spawner_lock = threading.Lock()
+
+
+def _spawn(argv: list) -> subprocess.Popen:
+    """Start a worker process through this process's spawner thread (made on first use)."""
+    global _spawner
+    with _spawner_lock:
+        if _spawner is None or _spawner.pid != os.getpid():
+            _spawner = _Spawner()
+    return _spawner.popen(argv)
+
+
 class _Worker:
     """One sympy process on pipes. Timeouts are select() on its stdout, so any thread may wait."""
 
@@ -1236,10 +1317,8 @@ class _Worker:
             "import sys",
             f"sys.path.insert(0, {_HERE!r})",
             f"import {_MOD}",
-            f"{_MOD}._serve()"])
-        self.p = subprocess.Popen(   # no terminal signals; it exits on stdin EOF
-            [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            start_new_session=True)
+            f"{_MOD}._serve(parent={os.getpid()})"])
+        self.p = _spawn([sys.executable, "-c", code])
         self.buf = b""
         self.ready = False
 

@@ -58,15 +58,15 @@ def test_skip_bad_rows_lists_them(tmp_path, capsys):
 
 
 def test_missing_inputs_and_parquet_without_pyarrow(tmp_path, monkeypatch):
-    with pytest.raises(FileNotFoundError, match="no such file"):
+    with pytest.raises(DataError, match="no such file"):
         load_records(str(tmp_path / "nope.json"))
-    with pytest.raises(FileNotFoundError, match="holds no .json"):
+    with pytest.raises(DataError, match="holds no .json"):
         load_records(str(tmp_path))
     import builtins
     real_import = builtins.__import__
     monkeypatch.setattr(builtins, "__import__", lambda name, *a, **k: (_ for _ in ()).throw(ImportError())
                         if name.startswith("pyarrow") else real_import(name, *a, **k))
-    with pytest.raises(ImportError, match="pip install pyarrow"):
+    with pytest.raises(DataError, match="pip install pyarrow"):
         load_records(write(tmp_path / "t.parquet", ""))
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from model import ModelConfig, Transformer
+from model import ModelConfig, ModelFileError, Transformer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -203,7 +203,7 @@ def test_config_reads_transformers_4_and_5_layouts():
 ])
 def test_refused_configs_are_named(tmp_path, change, message):
     write_ckpt(tmp_path, dict(QWEN2, **change))
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ModelFileError, match=message):
         Transformer.from_pretrained(tmp_path)
 
 
@@ -214,7 +214,7 @@ def test_missing_and_unexpected_keys_are_named(tmp_path):
     state.pop("model.layers.1.mlp.up_proj.weight")
     state["model.layers.0.self_attn.rotary.inv_freq"] = torch.zeros(4)
     write_ckpt(tmp_path, QWEN2, state)
-    with pytest.raises(ValueError) as e:
+    with pytest.raises(ModelFileError) as e:
         Transformer.from_pretrained(tmp_path)
     msg = str(e.value)
     assert "missing keys ['layers.1.mlp.up_proj.weight', 'lm_head.weight']" in msg
@@ -222,14 +222,14 @@ def test_missing_and_unexpected_keys_are_named(tmp_path):
 
 
 def test_missing_files_are_named(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no config.json"):
+    with pytest.raises(ModelFileError, match="no config.json"):
         Transformer.from_pretrained(tmp_path)
     write_ckpt(tmp_path, QWEN2)
-    with pytest.raises(FileNotFoundError, match="neither model.safetensors nor"):
+    with pytest.raises(ModelFileError, match="neither model.safetensors nor"):
         Transformer.from_pretrained(tmp_path)
     (tmp_path / "model.safetensors.index.json").write_text(
         json.dumps({"weight_map": {"a": "model-00001-of-00002.safetensors"}}))
-    with pytest.raises(FileNotFoundError, match="names shards that are not there"):
+    with pytest.raises(ModelFileError, match="names shards that are not there"):
         Transformer.from_pretrained(tmp_path)
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from data import CHATML_TEMPLATE, R1_TEMPLATE, Tokenizer, deepscaler_prompt
+from model import ModelFileError
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 R1_DIR = SHARED / "tokenizers" / "deepseek-r1-distill-qwen"
@@ -159,12 +160,12 @@ def edit_tokenizer(tmp_path, **changes):
 ])
 def test_unrepresentable_tokenizers_are_refused(tmp_path, changes, message):
     edit_tokenizer(tmp_path, **changes)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ModelFileError, match=message):
         Tokenizer.from_pretrained(str(tmp_path))
 
 
 def test_missing_tokenizer_and_unknown_template(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no tokenizer.json"):
+    with pytest.raises(ModelFileError, match="no tokenizer.json"):
         Tokenizer.from_pretrained(str(tmp_path))
     trained_tokenizer(tmp_path, digits=False)
     tok = Tokenizer.from_pretrained(str(tmp_path))

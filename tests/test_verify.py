@@ -112,6 +112,93 @@ def test_pool_survives_killed_worker():
     assert all(V.grade_batch(pairs[4:], workers=2))
     assert V.STATS["worker_died"] > died
 
+# ----------------------------------------------------------------------------- worker lifetime
+
+# A trainer that starts a grading job and is then killed: its worker must not go on computing.
+KILLED_PARENT = """
+import json, sys
+sys.path.insert(0, {root!r})
+import verify as V
+w = V._Worker()
+w._line(120)                            # the worker has imported sympy and said "ready"
+w.ready = True
+print(w.p.pid, flush=True)
+w.ask(json.dumps(["sleep", 60]), 120)   # a grading job that runs for a minute
+"""
+
+# The fallback where there is no prctl: a process that watches its parent with _watch_parent.
+WATCHING_CHILD = """
+import sys, threading, time
+sys.path.insert(0, {root!r})
+import verify as V
+threading.Thread(target=V._watch_parent, args=(int(sys.argv[1]),), daemon=True).start()
+time.sleep(60)
+"""
+FALLBACK_PARENT = """
+import os, subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", {child!r}, str(os.getpid())], start_new_session=True)
+print(child.pid, flush=True)
+time.sleep(60)
+"""
+
+
+def _running(pid: int) -> bool:
+    """Whether pid is a live process; a zombie (dead, not yet reaped by its new parent) is not."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    except OSError:   # no /proc (not Linux): ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+
+def _kill_parent_then_wait_for(parent_code: str, seconds: float) -> bool:
+    """Start parent_code, read the pid it prints, SIGKILL the parent and report whether that
+    pid is gone within `seconds`."""
+    parent = subprocess.Popen([sys.executable, "-c", parent_code], stdout=subprocess.PIPE, text=True)
+    pid = None
+    try:
+        pid = int(parent.stdout.readline())
+        time.sleep(0.5)   # the job (or the child's watch thread) is under way
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(10)
+        deadline = time.monotonic() + seconds
+        while _running(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return not _running(pid)
+    finally:
+        parent.kill()
+        parent.stdout.close()
+        if pid and _running(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_worker_dies_with_its_killed_parent_mid_job():
+    assert _kill_parent_then_wait_for(KILLED_PARENT.format(root=str(ROOT)), 3.0)
+
+
+def test_fallback_watch_thread_ends_an_orphaned_worker():
+    child = WATCHING_CHILD.format(root=str(ROOT))
+    assert _kill_parent_then_wait_for(FALLBACK_PARENT.format(child=child), 3.0)
+
+
+def test_pooled_worker_outlives_the_thread_that_started_it():
+    # PR_SET_PDEATHSIG follows the thread that forked: grade_batch's threads end with the batch
+    V.shutdown()
+    assert V.grade_batch([("\\boxed{\\sqrt{1573}}", "11\\sqrt{13}")], workers=1) == [True]
+    (w,) = V._idle
+    time.sleep(0.5)
+    assert w.p.poll() is None, "the pooled worker died with the batch thread that started it"
+    died = V.STATS["worker_died"]
+    assert V.grade_batch([("\\boxed{\\sqrt{2197}}", "13\\sqrt{13}")], workers=1) == [True]
+    assert V._idle == [w] and V.STATS["worker_died"] == died
+
+
 def test_bad_reference_is_reported_never_correct():
     before = V.STATS["bad_reference"]
     assert not V.grade("\\boxed{t(0,4]}", "t(0,4]")
