@@ -14,6 +14,12 @@ optimizer step: micro-batches packed by token budget (padding-free: sequences si
 one row, each attending only to itself), log-probs through model.token_logprobs, the loss of
 grpo.py, backward under DDP with no_sync until the last micro-batch.
 
+Failing fast: a rank that waits `--collective-timeout-s` for another ends the run with one
+line naming the phase it was in (torchrun then stops the others, which name theirs); a
+non-finite first step or non-finite logits name the checkpoint; Ctrl-C ends with one line,
+and a checkpoint is only ever renamed into place whole, so `--resume auto` continues from the
+last one.
+
 Without --model, `python train.py` builds the toy of toy.py (a 1M-parameter Qwen2, an R1-style
 tokenizer, two-digit addition), warms it up with a few supervised steps and runs GRPO, printing
 held-out accuracy before and after. Left out: FSDP/tensor parallelism (the 1.5B policy with
@@ -22,20 +28,23 @@ AdamW fits one 80 GB GPU under DDP), a value model, multi-turn or tool rollouts.
 import argparse
 import contextlib
 import copy
+import datetime
 import json
 import math
 import os
 import re
 import shutil
+import signal
 import sys
+import threading
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 import torch.distributed as dist
 
 import grpo
-from data import (THINK_CHOICES, DataError, Tokenizer, dedupe, epoch_order, load_records, prompt_ids,
+from data import (THINK_CHOICES, Tokenizer, clean_exit, dedupe, epoch_order, load_records, prompt_ids,
                   reference_answers, requires_think, shard)
 from model import Transformer
 from sample import evaluate, generate, grade_completions
@@ -92,6 +101,17 @@ class Config:
     eval_top_p: float = 0.95
     show_every: int = 10             # print a few decoded rollouts every this many steps
     max_bad_steps: int = 3           # consecutive non-finite steps before the run stops
+    # --- failing fast under torchrun
+    # The longest a live rank can wait at a collective is the longest stretch another spends
+    # alone: a step's sampling (each rank decodes its own groups, the slowest sets the pace).
+    # BENCHMARKS.md: 24 s on one H200 for 32 prompts x 8 samples x 2K tokens (21K tok/s).
+    # DeepScaleR's 24K stage gives each of 8 ranks 16 prompts x 16 samples of up to 24K tokens:
+    # 12x those tokens at up to 12x the context, 5 to 30 minutes. An hour never cuts a slow but
+    # live step short, yet a hung rank (a stuck GPU, a dead node, a grader that never returns)
+    # ends the run within the hour instead of never. torch's NCCL default (10 minutes) would
+    # kill such a step; raise this too when an eval pass (--eval-samples x the held-out set,
+    # --ctx tokens each) takes longer than an hour.
+    collective_timeout_s: float = 3600.0  # seconds a rank waits for the others at a collective before the run stops
     wandb: str = ""                  # a wandb project to log to (needs `pip install wandb`)
 
 
@@ -158,7 +178,7 @@ LOWER_BOUNDS = {
     "sft_steps": (0, True), "sft_lr": (0.0, True), "sft_batch": (1, True), "steps": (0, True),
     "save_every": (0, True), "keep": (1, True), "eval_every": (0, True), "eval_samples": (1, True),
     "eval_temperature": (0.0, True), "eval_top_p": (0.0, False), "show_every": (1, True),
-    "max_bad_steps": (1, True),
+    "max_bad_steps": (1, True), "collective_timeout_s": (0.0, False),
 }
 
 
@@ -214,37 +234,249 @@ def take(recs: list, seed: int, pos: int, count: int) -> list:
     return picked
 
 
+# ----------------------------------------------------------------------------- failing fast
+
+@dataclass
+class Progress:
+    """Where this rank is, named in the one line that ends a run when a rank stops answering, a
+    signal arrives or the model's numbers go non-finite. One per process (PROGRESS): the SIGTERM
+    handler has no other way to learn it."""
+    phase: str = "start-up"    # then warm-up, sampling, grading, old/ref log-probs, update, metrics, eval, checkpoint
+    step: int = 0              # the GRPO step under way, counted from 1; 0 before the loop
+    weights: str = ""          # the checkpoint the policy came from (and the warm-up, if one ran)
+
+    def where(self) -> str:
+        return f"{self.phase} of step {self.step}" if self.step else self.phase
+
+
+PROGRESS = Progress()
+
+
+def enter(phase: str):
+    """Record that this rank now runs `phase` (a Progress.phase name)."""
+    PROGRESS.phase = phase
+
+
+# Test hook, read only in collect_rollouts: TRAIN_TEST_STALL_RANK=R makes rank R stop answering
+# when it starts sampling, as a hung GPU or a grader that never returns would
+# (tests/test_train_fail_fast.py). Unset in any real run.
+STALL_ENV = "TRAIN_TEST_STALL_RANK"
+
+
+def lost_contact(e: RuntimeError) -> bool:
+    """Whether a collective failed because another rank stopped answering or went away. NCCL
+    raises torch's DistError types; gloo a plain RuntimeError whose text names gloo's source."""
+    return isinstance(e, dist.DistError) or "gloo" in str(e)
+
+
+def flat(e: BaseException) -> str:
+    """An exception's text on one line (gloo's and sympy's messages may span several)."""
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def stopped_by_signal(signum, frame):
+    """SIGTERM (torchrun stopping the other ranks once one failed, or a job scheduler): one line
+    naming this rank's phase, then exit at once. os._exit skips the process group's teardown,
+    which could wait on a rank that is gone; metrics.jsonl is flushed after every row, and a
+    checkpoint still being written is a .tmp folder that --resume never picks."""
+    rank = os.environ.get("RANK", "0")
+    print(f"train.py: rank {rank} stopped by {signal.Signals(signum).name} during {PROGRESS.where()}",
+          file=sys.stderr, flush=True)
+    os._exit(128 + signum)
+
+
+@contextlib.contextmanager
+def fail_fast(cfg):
+    """Around a run: a lost rank, SIGTERM or non-finite logits end it with one line naming the
+    phase (and the checkpoint, when the numbers are to blame) instead of a hang or a traceback."""
+    PROGRESS.__init__()   # main may run more than once in a process (tests, bench.py)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, stopped_by_signal) if in_main_thread else None
+    try:
+        yield
+    except FloatingPointError as e:   # sample.generate: the policy's logits are not finite
+        raise SystemExit(f"train.py: error: non-finite logits during {PROGRESS.where()} from the weights of "
+                         f"{PROGRESS.weights}: {flat(e)}") from None
+    except RuntimeError as e:
+        if int(os.environ.get("WORLD_SIZE", 1)) == 1 or not lost_contact(e):
+            raise
+        raise SystemExit(f"train.py: error: rank {os.environ.get('RANK')} lost the other ranks during "
+                         f"{PROGRESS.where()} (no answer within --collective-timeout-s "
+                         f"{cfg.collective_timeout_s:g}, or a rank exited; its own line names its phase): "
+                         f"{flat(e)}") from None
+    finally:
+        if previous is not None:   # None: not ours to restore (not the main thread, or set outside Python)
+            signal.signal(signal.SIGTERM, previous)
+
+
+def refuse_broken_first_step(row: dict, skipped: int):
+    """The first GRPO step of a run with a non-finite loss or gradient means the weights it
+    started from (or the warm-up) are broken: stop and say so rather than skip steps until
+    --max-bad-steps. Every rank sees the same summed loss and synchronised gradient, so every
+    rank stops here together."""
+    if math.isfinite(row["loss"]) and not skipped:
+        return
+    raise SystemExit(f"train.py: error: the first GRPO step gave a non-finite loss ({row['loss']}) or gradient "
+                     f"(norm {row['grad_norm']}) with the weights of {PROGRESS.weights}: check that checkpoint "
+                     f"(python sample.py --model ... samples from it) or lower --lr / --sft-lr")
+
+
+# ----------------------------------------------------------------------------- records
+
+@dataclass
+class Sequence:
+    """A prompt and a completion: what the trainer scores. The warm-up's demonstrations are
+    only this; a sampled completion is a Rollout."""
+    prompt: list[int]          # prompt token ids, chat template applied
+    tokens: list[int]          # completion token ids (a stopped sample ends with its stop token)
+
+
+@dataclass
+class Rollout(Sequence):
+    """One sampled completion, carried from sampling to the update (GRPO-Zero's Episode)."""
+    logprobs: list[float]      # the sampler's log p of each token, at the sampling temperature
+    reward: float              # verify's reward: 1.0 for a right final answer (with </think> if asked), else 0.0
+    correct: bool              # the final answer alone was right
+    advantage: float           # (reward - group mean) / (group std + eps): grpo.group_advantages
+    truncated: bool            # stopped by --ctx, not by a stop token
+    group: int                 # which prompt of this rank's batch (refill round r adds r * 1_000_000)
+    text: str                  # the decoded reply, for the log's examples
+    old_logp: list[float] | None = None   # log p before the update (PPO's old policy): store_old_and_ref_logprobs
+    ref_logp: list[float] | None = None   # log p under the initial weights (the KL's reference), if --kl-coef
+
+
+@dataclass
+class Update:
+    """What update_policy reports of one step's optimizer steps."""
+    sums: dict                 # this rank's METRIC_SUMS over every mini-batch (token_means makes them means)
+    grad_norms: list           # the pre-clip gradient norm of each optimizer step; nan for a skipped one
+    skipped: int               # optimizer steps skipped because the gradient was not finite
+
+
+@dataclass
+class StepTimes:
+    """Wall-clock seconds of one GRPO step's parts (logged, never used for decisions)."""
+    start: float = field(default_factory=time.time)   # when the step began
+    sample_s: float = 0.0      # generation, over every refill round
+    grade_s: float = 0.0       # decoding and grading, over every refill round
+    train_s: float = 0.0       # old/ref log-probs, the optimizer steps and the sampler's re-sync
+
+
+@dataclass
+class Run:
+    """What every step needs besides the models: the config, this rank's place, the tokenizer."""
+    cfg: Config
+    rank: int                  # this process's index among the ranks (0 without torchrun)
+    world: int                 # how many ranks (1 without torchrun)
+    device: torch.device
+    amp: bool                  # bf16 autocast and a bf16 sampling copy (CUDA and --amp)
+    tok: Tokenizer
+    require_think: bool        # reward 1 needs </think> before the answer (R1 chat template)
+
+
+@dataclass
+class Models:
+    """The networks of a run. Only `policy` is optimised; the others follow it or never move."""
+    policy: Transformer        # fp32 weights AdamW updates; saved in checkpoints
+    ddp: torch.nn.Module       # the policy under DDP (the policy itself in one process): forward + backward
+    sampler: Transformer       # what generates: the policy itself, or a bf16 copy re-synced after each update
+    ref: Transformer | None    # the initial weights, for the KL term; None when --kl-coef is 0
+
+
 # ----------------------------------------------------------------------------- rollouts
 
-def rollout(sampler, tok, recs, cfg, seed, require_think):
-    """Sample a group per record, grade it, and compute advantages. Returns one dict per sample."""
+def rollout(sampler, tok, recs, cfg, seed, require_think) -> tuple[list[Rollout], float]:
+    """GRPO's samples and advantages for one batch of prompts: cfg.samples completions o_1..o_G of
+    each prompt from the live weights, their rewards R_i, and A_i = (R_i - mean_G R) / (std_G R + eps)
+    (R_i - mean_G R with --no-scale-adv).
+
+    Returns the rollouts, prompt-major (group g is rollouts[g * G:(g + 1) * G]), and the seconds
+    spent grading."""
+    enter("sampling")
     prompts = [r["prompt_ids"] for r in recs]
     outs = generate(sampler, prompts, n=cfg.samples, max_new_tokens=cfg.ctx, temperature=cfg.temperature,
                     top_p=cfg.top_p, seed=seed, kv_budget=int(cfg.kv_gib * 2**30) or None,
                     cuda_graphs=cfg.cuda_graphs)
+    enter("grading")
     t0 = time.time()
     refs = [reference_answers(r) for r in recs for _ in range(cfg.samples)]
     problems = [r["problem"] for r in recs for _ in range(cfg.samples)]
     texts, correct, rewards = grade_completions(tok, outs, refs, require_think, problems=problems)
     grade_s = time.time() - t0
-    rewards = torch.tensor(rewards)
-    adv = grpo.group_advantages(rewards, cfg.samples, scale=cfg.scale_adv)
-    seqs = [dict(prompt=prompts[i // cfg.samples], tokens=o.tokens, logprobs=o.logprobs, reward=float(rewards[i]),
-                 correct=bool(correct[i]), adv=float(adv[i]), truncated=o.finish_reason == "length", text=texts[i],
-                 group=i // cfg.samples) for i, o in enumerate(outs)]
-    return seqs, grade_s
+    rewards = torch.tensor(rewards)                                         # (prompts * G,) float32
+    adv = grpo.group_advantages(rewards, cfg.samples, scale=cfg.scale_adv)  # (prompts * G,)
+    rollouts = []
+    for i, o in enumerate(outs):
+        rollouts.append(Rollout(prompt=prompts[i // cfg.samples], tokens=o.tokens, logprobs=o.logprobs,
+                                reward=float(rewards[i]), correct=bool(correct[i]), advantage=float(adv[i]),
+                                truncated=o.finish_reason == "length", group=i // cfg.samples, text=texts[i]))
+    return rollouts, grade_s
+
+
+def rollout_seed(seed: int, step: int, round_: int, rank: int) -> int:
+    """The sampler's seed for one rank's sampling round of one step. It depends only on these four,
+    so a resumed run samples what the uninterrupted one would have; the prime factors keep
+    (step, round, rank) apart while rank < 97 and round <= 9."""
+    return seed * 1_000_003 + step * 1009 + round_ * 97 + rank
+
+
+def groups_with_signal(rollouts: list[Rollout]) -> set[int]:
+    """The groups whose rewards are not all equal. Only they carry a gradient: a group with one
+    reward has every advantage 0 (DAPO's dynamic sampling drops the others)."""
+    rewards = {}
+    for r in rollouts:
+        rewards.setdefault(r.group, set()).add(r.reward)
+    return {g for g, seen in rewards.items() if len(seen) > 1}
+
+
+def collect_rollouts(run: Run, models: Models, recs: list, data_pos: int, step: int,
+                     times: StepTimes) -> tuple[list[Rollout], int]:
+    """The step's samples (the expectation in GRPO's objective), drawn from the live weights.
+
+    Every rank draws the same global batch of cfg.prompts_per_step prompts at data_pos and rolls
+    out its share. With --dynamic-sampling, groups without signal are dropped and further
+    batches sampled until the ranks together hold cfg.prompts_per_step groups or
+    --max-refill-rounds extra rounds ran. Returns this rank's rollouts and the new data_pos."""
+    cfg = run.cfg
+    rollouts = []
+    rounds = 0
+    while True:
+        batch = take(recs, cfg.seed, data_pos, cfg.prompts_per_step)
+        data_pos += cfg.prompts_per_step
+        models.policy.eval()
+        enter("sampling")
+        if os.environ.get(STALL_ENV) == str(run.rank):   # the test hook (see STALL_ENV)
+            time.sleep(24 * 3600)
+        t0 = time.time()
+        got, grade_s = rollout(models.sampler, run.tok, shard(batch, run.rank, run.world), cfg,
+                               seed=rollout_seed(cfg.seed, step, rounds, run.rank), require_think=run.require_think)
+        times.sample_s += time.time() - t0 - grade_s
+        times.grade_s += grade_s
+        if cfg.dynamic_sampling:
+            keep = groups_with_signal(got)
+            got = [r for r in got if r.group in keep]
+            for r in got:
+                r.group += 1_000_000 * rounds   # groups of different rounds stay apart
+        rollouts += got
+        rounds += 1
+        # a collective on every round: all ranks must agree on whether to sample again (the
+        # sampling phase ends when the slowest rank's rollouts are in)
+        enter("sampling")
+        groups = all_sum_named(dict(groups=len({r.group for r in rollouts})), run.world, run.device)["groups"]
+        if not cfg.dynamic_sampling or int(groups) >= cfg.prompts_per_step or rounds > cfg.max_refill_rounds:
+            return rollouts, data_pos
 
 
 # ----------------------------------------------------------------------------- training
 
-def pack(seqs, micro_tokens):
+def pack(seqs: list[Sequence], micro_tokens: int) -> list[list[Sequence]]:
     """Greedy packing into micro-batches of at most micro_tokens (a longer sequence goes alone).
 
     Sequences are taken shortest first, so each micro-batch holds similar lengths (the model
     then attends to them as one padded grid; see model.Packing)."""
     batches, cur, n = [], [], 0
-    for s in sorted(seqs, key=lambda s: len(s["prompt"]) + len(s["tokens"])):
-        L = len(s["prompt"]) + len(s["tokens"])
+    for s in sorted(seqs, key=lambda s: len(s.prompt) + len(s.tokens)):
+        L = len(s.prompt) + len(s.tokens)
         if cur and n + L > micro_tokens:
             batches.append(cur)
             cur, n = [], 0
@@ -253,7 +485,7 @@ def pack(seqs, micro_tokens):
     return batches + ([cur] if cur else [])
 
 
-def forward_logprobs(ddp_model, model, mb, temperature, device, amp, with_entropy=True):
+def forward_logprobs(ddp_model, model, mb: list[Sequence], temperature, device, amp, with_entropy=True):
     """Per-token log-probs (and entropy) of every completion token of a packed micro-batch.
 
     Sequences prompt+completion sit side by side in one row; the hidden state at position t
@@ -263,13 +495,13 @@ def forward_logprobs(ddp_model, model, mb, temperature, device, amp, with_entrop
     ids, pos, lens, pick, tgt = [], [], [], [], []
     start = 0
     for s in mb:
-        full = s["prompt"] + s["tokens"]
+        full = s.prompt + s.tokens
         ids += full
         pos += range(len(full))
         lens.append(len(full))
-        P = len(s["prompt"])
-        pick += range(start + P - 1, start + P - 1 + len(s["tokens"]))
-        tgt += s["tokens"]
+        P = len(s.prompt)
+        pick += range(start + P - 1, start + P - 1 + len(s.tokens))
+        tgt += s.tokens
         start += len(full)
     ids = torch.tensor([ids], device=device)
     pos = torch.tensor([pos], device=device)
@@ -312,15 +544,17 @@ def token_means(sums: dict, world: int, device) -> dict:
 METRIC_SUMS = ("loss", "kl", "entropy", "clipped", "tokens")
 
 
-def train_minibatch(ddp_model, model, seqs, cfg, device, world, amp, sft=False):
+def train_minibatch(ddp_model, model, seqs: list[Sequence], cfg, device, world, amp, sft=False):
     """Accumulate gradients of one mini-batch over packed micro-batches (no optimizer step).
 
-    Every rank runs the same number of micro-batches (padding with empty ones) because DDP
-    synchronises on each backward that is not under no_sync. Returns this rank's metric sums
-    (METRIC_SUMS by name; token_means turns them into the logged values).
+    seqs are Rollouts with old_logp (and ref_logp with --kl-coef) stored, or with sft=True plain
+    Sequences whose loss is their negative log-likelihood. Every rank runs the same number of
+    micro-batches (padding with empty ones) because DDP synchronises on each backward that is
+    not under no_sync. Returns this rank's metric sums (METRIC_SUMS by name; token_means turns
+    them into the logged values).
     """
     mbs = pack(seqs, cfg.micro_tokens)
-    counts = torch.tensor([0, sum(len(s["tokens"]) for s in seqs), len(seqs)], dtype=torch.float64, device=device)
+    counts = torch.tensor([0, sum(len(s.tokens) for s in seqs), len(seqs)], dtype=torch.float64, device=device)
     if world > 1:
         n = torch.tensor([len(mbs)], device=device)
         dist.all_reduce(n, op=dist.ReduceOp.MAX)
@@ -333,19 +567,19 @@ def train_minibatch(ddp_model, model, seqs, cfg, device, world, amp, sft=False):
         ctx = ddp_model.no_sync() if (world > 1 and not sync) else contextlib.nullcontext()
         with ctx:
             if not mb:  # padding: touch every parameter with zero weight so DDP's reduction matches
-                logp = forward_logprobs(ddp_model, model, [dict(prompt=[0], tokens=[0])], 1.0, device, amp, False)
+                logp = forward_logprobs(ddp_model, model, [Sequence(prompt=[0], tokens=[0])], 1.0, device, amp, False)
                 (logp.sum() * 0.0).backward()
                 continue
             logp, ent = forward_logprobs(ddp_model, model, mb, 1.0 if sft else cfg.temperature, device, amp)
-            lens = torch.tensor([len(s["tokens"]) for s in mb], device=device)
-            idx = torch.repeat_interleave(torch.arange(len(mb), device=device), lens)
+            lens = torch.tensor([len(s.tokens) for s in mb], device=device)
+            idx = torch.repeat_interleave(torch.arange(len(mb), device=device), lens)   # (N,) sequence of each token
             if sft:
                 tok_loss, parts = -logp, {}
                 loss = tok_loss.sum() / max(1, batch_tokens)
             else:
-                old = torch.tensor([x for s in mb for x in s["old_logp"]], device=device)
-                refp = torch.tensor([x for s in mb for x in s["ref_logp"]], device=device) if cfg.kl_coef else None
-                adv = torch.tensor([s["adv"] for s in mb], device=device)[idx]
+                old = torch.tensor([x for s in mb for x in s.old_logp], device=device)
+                refp = torch.tensor([x for s in mb for x in s.ref_logp], device=device) if cfg.kl_coef else None
+                adv = torch.tensor([s.advantage for s in mb], device=device)[idx]
                 tok_loss, parts = grpo.grpo_token_loss(logp, old, refp, ent, adv, cfg.clip_low, cfg.clip_high,
                                                        cfg.kl_coef, cfg.entropy_coef)
                 loss = grpo.aggregate(tok_loss, idx, lens, cfg.loss_agg, cfg.ctx, batch_tokens, batch_seqs)
@@ -359,12 +593,31 @@ def train_minibatch(ddp_model, model, seqs, cfg, device, world, amp, sft=False):
 
 
 @torch.no_grad()
-def score(model, seqs, cfg, device, amp, key):
-    """Store no-grad per-token log-probs of each sequence's tokens under `model` as s[key]."""
-    for mb in pack(seqs, cfg.micro_tokens):
-        logp = forward_logprobs(model, model, mb, cfg.temperature, device, amp, with_entropy=False)
-        for s, part in zip(mb, logp.split([len(s["tokens"]) for s in mb])):
-            s[key] = part.float().tolist()
+def store_logprobs(model, rollouts: list[Rollout], field_name: str, cfg, device, amp):
+    """Store no-grad per-token log-probs of each rollout's tokens under `model`, at the sampling
+    temperature, as rollout.<field_name> ("old_logp" or "ref_logp")."""
+    for mb in pack(rollouts, cfg.micro_tokens):
+        logp = forward_logprobs(model, model, mb, cfg.temperature, device, amp, with_entropy=False)   # (N,)
+        for r, part in zip(mb, logp.split([len(r.tokens) for r in mb])):
+            setattr(r, field_name, part.float().tolist())
+
+
+def store_old_and_ref_logprobs(run: Run, models: Models, rollouts: list[Rollout]):
+    """The fixed terms of GRPO's objective: log pi_old(o_t), the denominator of the importance
+    ratio, and log pi_ref(o_t) for the KL penalty, both of every sampled token before any update.
+
+    --old-logp sampler reuses the sampler's own log-probs for pi_old (exact when the sampler is
+    the fp32 policy; a bf16 copy's differ slightly); recompute runs a no-grad forward of the policy."""
+    cfg = run.cfg
+    enter("old/ref log-probs")
+    models.policy.train()
+    if cfg.old_logp == "sampler":
+        for r in rollouts:
+            r.old_logp = r.logprobs
+    else:
+        store_logprobs(models.policy, rollouts, "old_logp", cfg, run.device, run.amp)
+    if models.ref is not None:
+        store_logprobs(models.ref, rollouts, "ref_logp", cfg, run.device, run.amp)
 
 
 def optimizer_step(model, opt, grad_clip: float):
@@ -376,6 +629,95 @@ def optimizer_step(model, opt, grad_clip: float):
     opt.step()
     opt.zero_grad(set_to_none=True)
     return float(norm)
+
+
+def update_policy(run: Run, models: Models, opt, rollouts: list[Rollout]) -> Update:
+    """The maximisation: cfg.updates_per_step optimizer steps on GRPO's loss (the clipped surrogate
+    -min(ratio * A, clip(ratio) * A), + kl_coef * KL, - entropy_coef * entropy), each on a slice
+    of whole groups, then the sampling copy takes the new weights."""
+    cfg = run.cfg
+    enter("update")
+    groups = sorted({r.group for r in rollouts})
+    sums, norms, skipped = {}, [], 0
+    for u in range(cfg.updates_per_step):   # each mini-batch is a slice of whole groups
+        part = set(groups[u::cfg.updates_per_step])
+        mini = [r for r in rollouts if r.group in part]
+        sums = add_sums(sums, train_minibatch(models.ddp, models.policy, mini, cfg, run.device, run.world, run.amp))
+        norm = optimizer_step(models.policy, opt, cfg.grad_clip)
+        norms.append(norm if norm is not None else float("nan"))
+        skipped += norm is None
+    sync_sampler(models)
+    return Update(sums=sums, grad_norms=norms, skipped=skipped)
+
+
+def sync_sampler(models: Models):
+    """Copy the policy's weights into the sampling copy (nothing to do when they are one module)."""
+    if models.sampler is models.policy:
+        return
+    with torch.no_grad():
+        for a, b in zip(models.sampler.parameters(), models.policy.parameters()):
+            a.copy_(b)
+
+
+# ----------------------------------------------------------------------------- metrics
+
+def step_metrics(run: Run, rollouts: list[Rollout], update: Update, times: StepTimes, step: int,
+                 data_pos: int) -> dict:
+    """Not part of the objective: the step's metrics row, reward and lengths summed over every
+    rank, the update's means over every rank's tokens. Collective: every rank calls it."""
+    enter("metrics")
+    lens = [len(r.tokens) for r in rollouts]
+    n_groups = len({r.group for r in rollouts})
+    tot = all_sum_named(dict(reward=sum(r.reward for r in rollouts), correct=sum(r.correct for r in rollouts),
+                             samples=len(rollouts), tokens=sum(lens), truncated=sum(r.truncated for r in rollouts),
+                             zero_var=n_groups - len(groups_with_signal(rollouts)), groups=n_groups),
+                        run.world, run.device)
+    longest = torch.tensor([max(lens, default=0)], device=run.device)
+    if run.world > 1:
+        dist.all_reduce(longest, op=dist.ReduceOp.MAX)
+    means = token_means(update.sums, run.world, run.device)   # over every rank's tokens, not rank 0's alone
+    n = tot["samples"]
+    return dict(step=step + 1, reward=tot["reward"] / n, accuracy=tot["correct"] / n,
+                len_mean=tot["tokens"] / n, len_max=int(longest), truncated=tot["truncated"] / n,
+                zero_var=tot["zero_var"] / tot["groups"], entropy=means["entropy"], kl=means["kl"],
+                clip_frac=means["clip_frac"], grad_norm=sum(update.grad_norms) / len(update.grad_norms),
+                loss=means["loss"], tok_per_s=tot["tokens"] / max(1e-9, times.sample_s), sample_s=times.sample_s,
+                grade_s=times.grade_s, train_s=times.train_s, step_s=time.time() - times.start,
+                skipped=update.skipped, data_pos=data_pos)
+
+
+def log_line(row: dict) -> str:
+    """The step's one line on stdout."""
+    return (f"step {row['step']:>5} | reward {row['reward']:.3f} acc {row['accuracy']:.3f} | len "
+            f"{row['len_mean']:.0f}/{row['len_max']} trunc {100 * row['truncated']:.0f}% zero-var "
+            f"{100 * row['zero_var']:.0f}% | ent {row['entropy']:.3f} kl {row['kl']:.4f} clip "
+            f"{row['clip_frac']:.3f} gnorm {row['grad_norm']:.3f} | {row['tok_per_s']:.0f} tok/s | "
+            f"sample {row['sample_s']:.1f}s grade {row['grade_s']:.1f}s train {row['train_s']:.1f}s")
+
+
+def show_rollouts(tok, rollouts: list[Rollout]):
+    """Two decoded rollouts of this step (from the start and the middle of rank 0's batch)."""
+    for r in rollouts[:: max(1, len(rollouts) // 2)][:2]:
+        print0(f"  [reward {r.reward:.0f}] {tok.decode(r.prompt)[-80:]!r} -> {r.text[:300]!r}")
+
+
+def write_row(metrics_f, wandb_run, row: dict):
+    """Rank 0: the row to metrics.jsonl (flushed, so a killed run keeps every finished step) and wandb."""
+    metrics_f.write(json.dumps(row) + "\n")
+    metrics_f.flush()
+    if wandb_run:
+        wandb_run.log(row, step=row["step"])
+
+
+def open_wandb(cfg: Config, rank: int):
+    """A wandb run on rank 0 when --wandb names a project; None otherwise."""
+    if not cfg.wandb or rank != 0:
+        return None
+    try:
+        import wandb
+    except ImportError:
+        raise SystemExit("--wandb needs wandb: pip install wandb") from None
+    return wandb.init(project=cfg.wandb, config=asdict(cfg))
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -395,34 +737,72 @@ def eval_line(s: dict) -> str:
             f"{s['problems']} problems; mean length {s['mean_length']:.0f}, truncated {100 * s['truncated']:.0f}%)")
 
 
+def evaluate_heldout(run: Run, sampler, recs: list, when: str, row: dict | None = None) -> float:
+    """Not part of the objective: held-out pass@1 of the live weights, printed (and added to the
+    step's row when given). Collective: every rank calls it. Returns pass@1."""
+    enter("eval")
+    s = run_eval(sampler, run.tok, recs, run.cfg, run.require_think, run.rank, run.world)
+    if row is not None:
+        row.update(eval_accuracy=s["pass@1"], eval_ci95=s["pass@1_ci95"], eval_len_mean=s["mean_length"],
+                   eval_truncated=s["truncated"])
+    print0(f"held-out accuracy {when}: {eval_line(s)}")
+    return s["pass@1"]
+
+
 # ----------------------------------------------------------------------------- checkpoints
 
-def save_checkpoint(model, opt, cfg, step, data_pos, tok_dir, tag=None):
-    """checkpoints/step_N: the policy in HF format + tokenizer + trainer_state.pt, written atomically."""
+def complete_checkpoints(root: str) -> list[str]:
+    """The names of the whole checkpoints in root, oldest first. Only a finished checkpoint is
+    ever named step_N (see save_checkpoint): step_N.tmp is a write and step_N.old a deletion that
+    was cut short, and neither is ever resumed from."""
+    if not os.path.isdir(root):
+        return []
+    return sorted(d for d in os.listdir(root) if re.fullmatch(r"step_\d+", d))
+
+
+def retire(path: str):
+    """Delete a checkpoint folder without ever leaving it half there under its own name: rename
+    it to .old (one atomic step), then delete."""
+    trash = path + ".old"
+    shutil.rmtree(trash, ignore_errors=True)
+    os.replace(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def save_checkpoint(model, opt, cfg, step, data_pos, tok_dir) -> str:
+    """checkpoints/step_N: the policy in HF format + tokenizer + trainer_state.pt.
+
+    Ctrl-C or a crash at any line leaves every complete checkpoint complete: the new one is
+    written as step_N.tmp and renamed into place whole, and the ones pruned beyond --keep (or an
+    older step_N being replaced) are retired: renamed, then deleted. The newest step_N is always
+    whole, which is what `--resume auto` takes."""
     root = os.path.join(cfg.out, "checkpoints")
-    final = os.path.join(root, tag or f"step_{step:06d}")
+    final = os.path.join(root, f"step_{step:06d}")
     tmp = final + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(root, exist_ok=True)
+    for name in os.listdir(root):   # what an interrupted save or prune left behind
+        if name.endswith((".tmp", ".old")):
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
     model.save_pretrained(tmp)
     for name in ("tokenizer.json", "tokenizer_config.json"):
         if os.path.isfile(os.path.join(tok_dir, name)):
             shutil.copy(os.path.join(tok_dir, name), tmp)
     torch.save({"step": step, "data_pos": data_pos, "optimizer": opt.state_dict(), "config": asdict(cfg),
                 "rng": torch.get_rng_state()}, os.path.join(tmp, "trainer_state.pt"))
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)  # a crash before this line leaves the previous checkpoints intact
-    steps = sorted(d for d in os.listdir(root) if d.startswith("step_") and not d.endswith(".tmp"))
-    for old in steps[:-cfg.keep]:
-        shutil.rmtree(os.path.join(root, old), ignore_errors=True)
+    if os.path.isdir(final):   # this step saved before: a run resumed from an earlier checkpoint
+        retire(final)
+    os.replace(tmp, final)     # the only way a checkpoint appears, whole
+    for old in complete_checkpoints(root)[:-cfg.keep]:
+        retire(os.path.join(root, old))
     return final
 
 
 def find_resume(cfg) -> str:
+    """--resume as given, or with "auto" the newest complete checkpoint in <out>/checkpoints."""
     if cfg.resume != "auto":
         return cfg.resume
     root = os.path.join(cfg.out, "checkpoints")
-    steps = sorted(d for d in os.listdir(root) if d.startswith("step_") and not d.endswith(".tmp")) \
-        if os.path.isdir(root) else []
+    steps = complete_checkpoints(root)
     if not steps:
         raise SystemExit(f"--resume auto: no checkpoint in {root}")
     return os.path.join(root, steps[-1])
@@ -473,16 +853,10 @@ def truncate_metrics(out: str, step: int):
     os.replace(tmp, path)
 
 
-# ----------------------------------------------------------------------------- main
+# ----------------------------------------------------------------------------- set-up
 
-def main(argv=None):
-    if argv is None:
-        argv = sys.argv[1:]
-    if argv[:1] == ["plot"]:
-        return plot(argv[1] if len(argv) > 1 else "runs/grpo")
-    cfg, _ = parse_config(argv)
-
-    # --- distributed: torchrun sets RANK/WORLD_SIZE/LOCAL_RANK; without them, one process
+def init_distributed(cfg: Config) -> tuple[int, int, torch.device]:
+    """torchrun sets RANK/WORLD_SIZE/LOCAL_RANK; without them, one process. Returns (rank, world, device)."""
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     local = int(os.environ.get("LOCAL_RANK", 0))
     device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
@@ -495,220 +869,225 @@ def main(argv=None):
         # destroy_process_group, and a worker still freeing the last gradient all-reduce at
         # interpreter exit aborted the rank ("terminate called without an active exception").
         import torch.distributed.nn as _dist_nn  # noqa: F401
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        # The timeout bounds every collective, so a rank that stops answering ends the run (see
+        # --collective-timeout-s for why an hour by default).
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                timeout=datetime.timedelta(seconds=cfg.collective_timeout_s))
+    return rank, world, device
+
+
+def check_batch_split(cfg: Config, world: int):
+    """The global batch must split into whole prompt groups per rank, enough for every update."""
     if cfg.prompts_per_step % world:
         raise SystemExit(f"--prompts-per-step {cfg.prompts_per_step} must divide evenly over {world} ranks")
     if cfg.updates_per_step > cfg.prompts_per_step // world:   # each update takes a slice of a rank's groups
         raise SystemExit(f"--updates-per-step {cfg.updates_per_step} exceeds the {cfg.prompts_per_step // world} "
                          f"prompt groups each of {world} ranks holds per step")
-    if not cfg.resume:
-        refuse_used_out(cfg)   # before any model is loaded: a mistake costs nothing
-    amp = cfg.amp and device.type == "cuda"
-    torch.manual_seed(cfg.seed)
-    os.makedirs(cfg.out, exist_ok=True)
 
-    # --- toy: build the model, tokenizer and task on the first run
-    if not cfg.model:
-        import toy
-        if rank == 0:
-            toy.prepare(cfg.out, seed=cfg.seed)     # builds what is missing, atomically
-        if world > 1:
-            dist.barrier()
-        model_dir, train_path, heldout_path = toy.paths(cfg.out)
-        cfg.model = model_dir
-        cfg.data = cfg.data or train_path
-        cfg.eval_data = cfg.eval_data or heldout_path
+
+def use_toy(cfg: Config, rank: int, world: int):
+    """No --model: build the toy's model, tokenizer and task under --out (once), and point
+    --model, --data and --eval-data at them."""
+    import toy
     if rank == 0:
-        with open(os.path.join(cfg.out, "config.json"), "w") as f:
-            json.dump(asdict(cfg), f, indent=2)
+        toy.prepare(cfg.out, seed=cfg.seed)     # builds what is missing, atomically
+    if world > 1:
+        dist.barrier()
+    model_dir, train_path, heldout_path = toy.paths(cfg.out)
+    cfg.model = model_dir
+    cfg.data = cfg.data or train_path
+    cfg.eval_data = cfg.eval_data or heldout_path
 
-    # --- data
-    tok = Tokenizer.from_pretrained(cfg.model)
-    require_think = requires_think(cfg.think, tok.chat_template)
 
-    def prepare(path):
-        try:
-            recs, kept, long = dedupe(load_records(path)), [], 0
-        except (DataError, FileNotFoundError, ImportError) as e:
-            raise SystemExit(f"error: {e}") from None
-        for r in recs:
-            pr = (r.get("polish") or {}).get("pass_rate")
-            if pr is not None and not (cfg.pass_rate_min < pr < cfg.pass_rate_max) and path == cfg.data:
-                continue
-            r["prompt_ids"] = prompt_ids(tok, r["problem"])
-            if len(r["prompt_ids"]) > cfg.prompt_budget:
-                long += 1
-                continue
-            kept.append(r)
-        print0(f"{path}: {len(recs)} problems, {len(kept)} kept ({long} over the {cfg.prompt_budget}-token "
-               f"prompt budget, {len(recs) - len(kept) - long} filtered by pass rate)")
-        if not kept:
-            raise SystemExit(f"{path}: no usable problems")
-        return kept
+def load_problems(path: str, cfg: Config, tok) -> list[dict]:
+    """The usable records of a problem file, each with its prompt_ids: duplicates, prompts over
+    --prompt-budget and (in the training file) problems whose polish pass rate is outside
+    (--pass-rate-min, --pass-rate-max) are dropped and counted."""
+    try:
+        recs = dedupe(load_records(path))
+    except (FileNotFoundError, ImportError) as e:   # DataError: clean_exit prints it
+        raise SystemExit(f"train.py: error: {e}") from None
+    kept, long = [], 0
+    for r in recs:
+        pr = (r.get("polish") or {}).get("pass_rate")
+        if pr is not None and not (cfg.pass_rate_min < pr < cfg.pass_rate_max) and path == cfg.data:
+            continue
+        r["prompt_ids"] = prompt_ids(tok, r["problem"])
+        if len(r["prompt_ids"]) > cfg.prompt_budget:
+            long += 1
+            continue
+        kept.append(r)
+    print0(f"{path}: {len(recs)} problems, {len(kept)} kept ({long} over the {cfg.prompt_budget}-token "
+           f"prompt budget, {len(recs) - len(kept) - long} filtered by pass rate)")
+    if not kept:
+        raise SystemExit(f"{path}: no usable problems")
+    return kept
 
-    train_recs = prepare(cfg.data)
-    eval_recs = prepare(cfg.eval_data) if cfg.eval_data and cfg.eval_every > 0 else []
 
-    # --- model: the policy in fp32 (AdamW needs it); bf16 copies for sampling and reference on GPU
-    start_step, data_pos, state = 0, 0, None
-    src = cfg.model
-    if cfg.resume:
-        src = find_resume(cfg)
-        state = torch.load(os.path.join(src, "trainer_state.pt"), map_location="cpu", weights_only=False)
-        start_step, data_pos = state["step"], state["data_pos"]
-        torch.set_rng_state(state["rng"])
-        if rank == 0:
-            truncate_metrics(cfg.out, start_step)
-        print0(f"resuming from {src} at step {start_step} (ctx {state['config']['ctx']} -> {cfg.ctx})")
-    model = Transformer.from_pretrained(src, device=device, dtype=torch.float32)
-    model.gradient_checkpointing = cfg.grad_ckpt
+def resume_point(cfg: Config, rank: int) -> tuple[str, dict | None]:
+    """Where the policy's weights come from (--model, or the --resume checkpoint) and the trainer
+    state saved beside a checkpoint (None for a fresh run). Resuming restores the RNG and drops
+    metrics.jsonl's rows past the checkpoint."""
+    if not cfg.resume:
+        return cfg.model, None
+    src = find_resume(cfg)
+    state = torch.load(os.path.join(src, "trainer_state.pt"), map_location="cpu", weights_only=False)
+    torch.set_rng_state(state["rng"])
+    if rank == 0:
+        truncate_metrics(cfg.out, state["step"])
+    print0(f"resuming from {src} at step {state['step']} (ctx {state['config']['ctx']} -> {cfg.ctx})")
+    return src, state
+
+
+def load_models(run: Run, src: str) -> Models:
+    """The policy from src in fp32 (AdamW needs it), the reference from --model (bf16 on GPU) when
+    the KL term is on, a bf16 sampling copy on GPU, and the DDP wrapper under torchrun."""
+    cfg, device = run.cfg, run.device
+    policy = Transformer.from_pretrained(src, device=device, dtype=torch.float32)
+    policy.gradient_checkpointing = cfg.grad_ckpt
     ref = None
     if cfg.kl_coef:
-        ref = Transformer.from_pretrained(cfg.model, device=device, dtype=torch.bfloat16 if amp else torch.float32)
+        ref = Transformer.from_pretrained(cfg.model, device=device, dtype=torch.bfloat16 if run.amp else torch.float32)
         ref.requires_grad_(False)
-    sampler = copy.deepcopy(model).to(torch.bfloat16).requires_grad_(False) if amp or SAMPLER_COPY else model
-    ddp_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local] if device.type == "cuda"
-                                                          else None) if world > 1 else model
-    print0(f"policy {model.num_params() / 1e6:.1f}M params on {device} x {world}; sampling in "
-           f"{'bf16' if sampler is not model else 'fp32'}; reward requires </think>: {require_think}")
+    sampler = policy
+    if run.amp or SAMPLER_COPY:
+        sampler = copy.deepcopy(policy).to(torch.bfloat16).requires_grad_(False)
+    ddp = policy
+    if run.world > 1:
+        ddp = torch.nn.parallel.DistributedDataParallel(policy, device_ids=[device.index] if device.type == "cuda"
+                                                        else None)
+    print0(f"policy {policy.num_params() / 1e6:.1f}M params on {device} x {run.world}; sampling in "
+           f"{'bf16' if sampler is not policy else 'fp32'}; reward requires </think>: {run.require_think}")
+    return Models(policy=policy, ddp=ddp, sampler=sampler, ref=ref)
 
-    def sync_sampler():
-        if sampler is not model:
-            with torch.no_grad():
-                for a, b in zip(sampler.parameters(), model.parameters()):
-                    a.copy_(b)
 
-    # --- supervised warm-up on the records' solutions (skipped when resuming)
-    if cfg.sft_steps and state is None:
-        sft_recs = [r for r in train_recs if r.get("solution")]
-        if not sft_recs:
-            raise SystemExit(f"--sft-steps {cfg.sft_steps}: no record of {cfg.data} has a solution")
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.sft_lr, weight_decay=0.0)
-        eos = tok.eos_ids[:1]
-        model.train()
-        for k in range(cfg.sft_steps):
-            pick = take(sft_recs, cfg.seed, k * cfg.sft_batch, cfg.sft_batch)
-            seqs = [dict(prompt=r["prompt_ids"], tokens=tok.encode(r["solution"]) + eos) for r in shard(pick, rank, world)]
-            m = train_minibatch(ddp_model, model, seqs, cfg, device, world, amp, sft=True)
-            for group in opt.param_groups:   # linear decay to 0: the last steps settle instead of bouncing
-                group["lr"] = cfg.sft_lr * (1 - k / cfg.sft_steps)
-            optimizer_step(model, opt, cfg.grad_clip)
-            if k % 20 == 0 or k == cfg.sft_steps - 1:   # every rank reaches here: the sum is collective
-                print0(f"warm-up {k + 1}/{cfg.sft_steps}: loss {token_means(m, world, device)['loss']:.3f}")
-        del opt
-        sync_sampler()
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if state is not None:
-        opt.load_state_dict(state["optimizer"])
+def warm_up(run: Run, models: Models, train_recs: list):
+    """Supervised steps on the records' solutions before GRPO (not part of its objective: they
+    teach the toy's random policy the answer format, so that some rewards are 1 from the start).
+    Learning rate --sft-lr decaying linearly to 0; its AdamW state is dropped afterwards."""
+    cfg = run.cfg
+    enter("warm-up")
+    sft_recs = [r for r in train_recs if r.get("solution")]
+    if not sft_recs:
+        raise SystemExit(f"--sft-steps {cfg.sft_steps}: no record of {cfg.data} has a solution")
+    opt = torch.optim.AdamW(models.policy.parameters(), lr=cfg.sft_lr, weight_decay=0.0)
+    eos = run.tok.eos_ids[:1]
+    models.policy.train()
+    for k in range(cfg.sft_steps):
+        pick = shard(take(sft_recs, cfg.seed, k * cfg.sft_batch, cfg.sft_batch), run.rank, run.world)
+        seqs = [Sequence(prompt=r["prompt_ids"], tokens=run.tok.encode(r["solution"]) + eos) for r in pick]
+        m = train_minibatch(models.ddp, models.policy, seqs, cfg, run.device, run.world, run.amp, sft=True)
+        for group in opt.param_groups:   # linear decay to 0: the last steps settle instead of bouncing
+            group["lr"] = cfg.sft_lr * (1 - k / cfg.sft_steps)
+        optimizer_step(models.policy, opt, cfg.grad_clip)
+        if k % 20 == 0 or k == cfg.sft_steps - 1:   # every rank reaches here: the sum is collective
+            print0(f"warm-up {k + 1}/{cfg.sft_steps}: loss {token_means(m, run.world, run.device)['loss']:.3f}")
+    sync_sampler(models)
 
-    before = after = None
-    if eval_recs and start_step == 0:
-        s = run_eval(sampler, tok, eval_recs, cfg, require_think, rank, world)
-        before = s["pass@1"]
-        print0(f"held-out accuracy before GRPO: {eval_line(s)}")
 
-    wandb_run = None
-    if cfg.wandb and rank == 0:
-        try:
-            import wandb
-        except ImportError:
-            raise SystemExit("--wandb needs wandb: pip install wandb") from None
-        wandb_run = wandb.init(project=cfg.wandb, config=asdict(cfg))
+def save_step(run: Run, policy, opt, step: int, data_pos: int):
+    """Rank 0 writes checkpoints/step_N; the others wait for it (collective)."""
+    enter("checkpoint")
+    if run.rank == 0:
+        print0(f"saved {save_checkpoint(policy, opt, run.cfg, step, data_pos, run.cfg.model)}")
+    if run.world > 1:
+        dist.barrier()
 
-    # --- the GRPO loop
-    bad = 0
-    metrics_f = open(os.path.join(cfg.out, "metrics.jsonl"), "a") if rank == 0 else None
-    for step in range(start_step, cfg.steps):
-        t_step = time.time()
-        seqs, t_sample, t_grade, groups_kept, rounds = [], 0.0, 0.0, 0, 0
-        while True:  # one round, plus refills when dynamic sampling drops zero-variance groups
-            glob_batch = take(train_recs, cfg.seed, data_pos, cfg.prompts_per_step)
-            data_pos += cfg.prompts_per_step
-            model.eval()
-            t0 = time.time()
-            got, g_s = rollout(sampler, tok, shard(glob_batch, rank, world), cfg,
-                               seed=cfg.seed * 1_000_003 + step * 1009 + rounds * 97 + rank, require_think=require_think)
-            t_sample += time.time() - t0 - g_s
-            t_grade += g_s
-            if cfg.dynamic_sampling:  # keep groups with some spread in reward; renumber so rounds stay apart
-                spread = {g for g in {s["group"] for s in got} if len({s["reward"] for s in got if s["group"] == g}) > 1}
-                got = [dict(s, group=s["group"] + 1_000_000 * rounds) for s in got if s["group"] in spread]
-            seqs += got
-            rounds += 1
-            groups_kept = int(all_sum_named(dict(groups=len({s["group"] for s in seqs})), world, device)["groups"])
-            if not cfg.dynamic_sampling or groups_kept >= cfg.prompts_per_step or rounds > cfg.max_refill_rounds:
-                break
-        t0 = time.time()
-        model.train()
-        if cfg.old_logp == "sampler":
-            for s in seqs:
-                s["old_logp"] = s["logprobs"]
-        else:
-            score(model, seqs, cfg, device, amp, "old_logp")
-        if ref is not None:
-            score(ref, seqs, cfg, device, amp, "ref_logp")
-        groups = sorted({s["group"] for s in seqs})
-        m = {}
-        norms, skipped = [], 0
-        for u in range(cfg.updates_per_step):  # each mini-batch is a slice of whole groups
-            part = set(groups[u::cfg.updates_per_step])
-            m = add_sums(m, train_minibatch(ddp_model, model, [s for s in seqs if s["group"] in part], cfg, device,
-                                            world, amp))
-            norm = optimizer_step(model, opt, cfg.grad_clip)
-            norms.append(norm if norm is not None else float("nan"))
-            skipped += norm is None
-        sync_sampler()
-        t_train = time.time() - t0
-        bad = bad + 1 if skipped else 0
-        # --- metrics over all ranks
-        lens = [len(s["tokens"]) for s in seqs]
-        zero_var = sum(1 for g in groups if len({s["reward"] for s in seqs if s["group"] == g}) == 1)
-        tot = all_sum_named(dict(reward=sum(s["reward"] for s in seqs), correct=sum(s["correct"] for s in seqs),
-                                 samples=len(seqs), tokens=sum(lens), truncated=sum(s["truncated"] for s in seqs),
-                                 zero_var=zero_var, groups=len(groups)), world, device)
-        mx = torch.tensor([max(lens, default=0)], device=device)
-        if world > 1:
-            dist.all_reduce(mx, op=dist.ReduceOp.MAX)
-        means = token_means(m, world, device)   # over every rank's tokens, not rank 0's alone
-        row = dict(step=step + 1, reward=tot["reward"] / tot["samples"], accuracy=tot["correct"] / tot["samples"],
-                   len_mean=tot["tokens"] / tot["samples"], len_max=int(mx),
-                   truncated=tot["truncated"] / tot["samples"], zero_var=tot["zero_var"] / tot["groups"],
-                   entropy=means["entropy"], kl=means["kl"],
-                   clip_frac=means["clip_frac"], grad_norm=sum(norms) / len(norms), loss=means["loss"],
-                   tok_per_s=tot["tokens"] / max(1e-9, t_sample), sample_s=t_sample, grade_s=t_grade,
-                   train_s=t_train, step_s=time.time() - t_step, skipped=skipped, data_pos=data_pos)
-        print0(f"step {row['step']:>5} | reward {row['reward']:.3f} acc {row['accuracy']:.3f} | len "
-               f"{row['len_mean']:.0f}/{row['len_max']} trunc {100 * row['truncated']:.0f}% zero-var "
-               f"{100 * row['zero_var']:.0f}% | ent {row['entropy']:.3f} kl {row['kl']:.4f} clip "
-               f"{row['clip_frac']:.3f} gnorm {row['grad_norm']:.3f} | {row['tok_per_s']:.0f} tok/s | "
-               f"sample {t_sample:.1f}s grade {t_grade:.1f}s train {t_train:.1f}s")
-        if (step + 1) % cfg.show_every == 0:
-            for s in seqs[:: max(1, len(seqs) // 2)][:2]:
-                print0(f"  [reward {s['reward']:.0f}] {tok.decode(s['prompt'])[-80:]!r} -> {s['text'][:300]!r}")
-        if eval_recs and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
-            s = run_eval(sampler, tok, eval_recs, cfg, require_think, rank, world)
-            after = s["pass@1"]
-            row.update(eval_accuracy=after, eval_ci95=s["pass@1_ci95"], eval_len_mean=s["mean_length"],
-                       eval_truncated=s["truncated"])
-            print0(f"held-out accuracy at step {step + 1}: {eval_line(s)}")
-        if rank == 0:
-            metrics_f.write(json.dumps(row) + "\n")
-            metrics_f.flush()
-            if wandb_run:
-                wandb_run.log(row, step=step + 1)
-        if bad >= cfg.max_bad_steps:
-            raise SystemExit(f"stopping: {bad} steps in a row had a non-finite gradient (last step {step + 1}); "
-                             "lower --lr or check the data")
-        if cfg.save_every and ((step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps):
-            if rank == 0:
-                print0(f"saved {save_checkpoint(model, opt, cfg, step + 1, data_pos, cfg.model)}")
-            if world > 1:
-                dist.barrier()
+
+def finish(run: Run, models: Models, metrics_f, before, after):
+    """Close the metrics file, print the held-out change, and leave the process group."""
+    if metrics_f is not None:
+        metrics_f.close()
     if before is not None and after is not None:
         print0(f"held-out accuracy: before GRPO {100 * before:.1f}%, after GRPO {100 * after:.1f}%")
-    if world > 1:
-        del ddp_model   # it holds the group too: drop it so destroy_process_group joins gloo's threads
+    if run.world > 1:
+        models.ddp = None   # DDP holds the group too: drop it so destroy_process_group joins gloo's threads
         dist.destroy_process_group()
+
+
+# ----------------------------------------------------------------------------- main
+
+def main(argv=None):
+    """config -> distributed -> data -> models -> warm-up -> the GRPO loop -> save."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["plot"]:
+        return plot(argv[1] if len(argv) > 1 else "runs/grpo")
+    cfg, _ = parse_config(argv)
+    interrupted = (f"the last checkpoint in {os.path.join(cfg.out, 'checkpoints')} is intact; "
+                   "the same command with --resume auto continues from it")
+    with clean_exit("train.py", on_interrupt=interrupted), fail_fast(cfg):
+        # --- distributed: one process per GPU under torchrun, else one process
+        rank, world, device = init_distributed(cfg)
+        check_batch_split(cfg, world)
+        if not cfg.resume:
+            refuse_used_out(cfg)   # before any model is loaded: a mistake costs nothing
+        torch.manual_seed(cfg.seed)
+        os.makedirs(cfg.out, exist_ok=True)
+        if not cfg.model:
+            use_toy(cfg, rank, world)
+        if rank == 0:
+            with open(os.path.join(cfg.out, "config.json"), "w") as f:
+                json.dump(asdict(cfg), f, indent=2)
+
+        # --- data: each problem's prompt tokenized once
+        tok = Tokenizer.from_pretrained(cfg.model)
+        run = Run(cfg=cfg, rank=rank, world=world, device=device, amp=cfg.amp and device.type == "cuda",
+                  tok=tok, require_think=requires_think(cfg.think, tok.chat_template))
+        train_recs = load_problems(cfg.data, cfg, tok)
+        eval_recs = load_problems(cfg.eval_data, cfg, tok) if cfg.eval_data and cfg.eval_every > 0 else []
+
+        # --- models: the policy, its sampling copy and the reference, from --model or a checkpoint
+        src, state = resume_point(cfg, rank)
+        start_step, data_pos = (state["step"], state["data_pos"]) if state else (0, 0)
+        models = load_models(run, src)
+        PROGRESS.weights = src
+
+        # --- supervised warm-up (a fresh run only), then GRPO's optimizer
+        if cfg.sft_steps and state is None:
+            warm_up(run, models, train_recs)
+            PROGRESS.weights = f"{src} after the {cfg.sft_steps}-step warm-up"
+        opt = torch.optim.AdamW(models.policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        if state is not None:
+            opt.load_state_dict(state["optimizer"])
+        before = after = None
+        if eval_recs and start_step == 0:
+            before = evaluate_heldout(run, models.sampler, eval_recs, "before GRPO")
+        wandb_run = open_wandb(cfg, rank)
+        metrics_f = open(os.path.join(cfg.out, "metrics.jsonl"), "a") if rank == 0 else None
+
+        # --- the GRPO loop
+        bad = 0   # consecutive steps with an optimizer step skipped for a non-finite gradient
+        for step in range(start_step, cfg.steps):
+            PROGRESS.step = step + 1
+            times = StepTimes()
+            # 1) rollouts: cfg.samples completions per prompt from the live weights, graded, advantages per group
+            rollouts, data_pos = collect_rollouts(run, models, train_recs, data_pos, step, times)
+            # 2) log p of each sampled token before the update (PPO's old policy) and under the reference
+            t0 = time.time()
+            store_old_and_ref_logprobs(run, models, rollouts)
+            # 3) cfg.updates_per_step optimizer steps, each on a slice of whole groups
+            update = update_policy(run, models, opt, rollouts)
+            times.train_s = time.time() - t0
+            bad = bad + 1 if update.skipped else 0
+            # 4) metrics over all ranks, one line; a non-finite first step means broken weights: stop
+            row = step_metrics(run, rollouts, update, times, step, data_pos)
+            print0(log_line(row))
+            if step == start_step:
+                refuse_broken_first_step(row, update.skipped)
+            if (step + 1) % cfg.show_every == 0:
+                show_rollouts(tok, rollouts)
+            # 5) held-out accuracy on its schedule and at the end, then the row is written
+            if eval_recs and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
+                after = evaluate_heldout(run, models.sampler, eval_recs, f"at step {step + 1}", row)
+            if rank == 0:
+                write_row(metrics_f, wandb_run, row)
+            if bad >= cfg.max_bad_steps:
+                raise SystemExit(f"stopping: {bad} steps in a row had a non-finite gradient (last step {step + 1}); "
+                                 "lower --lr or check the data")
+            # 6) a checkpoint on its schedule and at the end
+            if cfg.save_every and ((step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps):
+                save_step(run, models.policy, opt, step + 1, data_pos)
+        finish(run, models, metrics_f, before, after)
 
 
 def plot(run_dir: str):

@@ -32,11 +32,14 @@ g = torch.Generator().manual_seed(1)
 seqs = []
 for i in range(8):  # sequences 0-3 are long (rank 0's share when world == 2), 4-7 short
     n = 12 if i < 4 else 3
-    seqs.append(dict(prompt=torch.randint(0, 64, (5,), generator=g).tolist(),
-                     tokens=torch.randint(0, 64, (n,), generator=g).tolist(),
-                     adv=float(torch.randn(1, generator=g)), group=i // 2))
-    seqs[-1]["old_logp"] = (torch.randn(n, generator=g) * 0.1 - 4).tolist()
-    seqs[-1]["ref_logp"] = (torch.randn(n, generator=g) * 0.1 - 4).tolist()
+    prompt = torch.randint(0, 64, (5,), generator=g).tolist()
+    tokens = torch.randint(0, 64, (n,), generator=g).tolist()
+    adv = float(torch.randn(1, generator=g))
+    old_logp = (torch.randn(n, generator=g) * 0.1 - 4).tolist()
+    ref_logp = (torch.randn(n, generator=g) * 0.1 - 4).tolist()
+    seqs.append(train.Rollout(prompt=prompt, tokens=tokens, logprobs=old_logp, reward=0.0, correct=False,
+                              advantage=adv, truncated=False, group=i // 2, text="", old_logp=old_logp,
+                              ref_logp=ref_logp))
 cfg = train.Config(micro_tokens=20, kl_coef=0.01, entropy_coef=0.01, temperature=0.7)
 mine = seqs if world == 1 else (seqs[:4] if rank == 0 else seqs[4:])
 ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model

@@ -48,8 +48,8 @@ def test_bf16_autocast_training_logprobs_close_to_fp32_cpu():
     torch.manual_seed(0)
     m = Transformer(cfg).train()
     g = torch.Generator().manual_seed(0)
-    mb = [dict(prompt=torch.randint(0, 512, (P,), generator=g).tolist(),
-               tokens=torch.randint(0, 512, (N,), generator=g).tolist()) for P, N in [(7, 30), (20, 5), (3, 60)]]
+    mb = [train.Sequence(prompt=torch.randint(0, 512, (P,), generator=g).tolist(),
+                          tokens=torch.randint(0, 512, (N,), generator=g).tolist()) for P, N in [(7, 30), (20, 5), (3, 60)]]
     cpu = torch.device("cpu")
     ref_lp, ref_ent = train.forward_logprobs(m, m, mb, 1.0, cpu, amp=False)
     m = m.cuda()

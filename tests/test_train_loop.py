@@ -9,6 +9,7 @@
   groups, old and reference log-probs come from the right weights, the bf16 sampling copy
   equals the policy after every update.
 """
+import copy
 import json
 
 import pytest
@@ -52,25 +53,28 @@ def tiny_model(seed=0):
 
 
 def fresh_rollout(model):
-    """Sequences as train.rollout leaves them: prompt, sampled tokens, the sampler's log-probs
-    (also as old_logp: fresh samples), canned advantages; lengths differ (a stop id ends some)."""
+    """Rollouts as train.rollout leaves them: prompt, sampled tokens, the sampler's log-probs
+    (also as old_logp: fresh samples), canned rewards and their advantages; lengths differ (a
+    stop id ends some)."""
     outs = generate(model, PROMPTS, n=N_SAMPLES, max_new_tokens=9, temperature=T, seed=5)
     adv = grpo.group_advantages(torch.tensor(REWARDS), N_SAMPLES)
     seqs = []
     for i, o in enumerate(outs):
-        seqs.append(dict(prompt=PROMPTS[i // N_SAMPLES], tokens=o.tokens, logprobs=o.logprobs,
-                         old_logp=list(o.logprobs), adv=float(adv[i]), group=i // N_SAMPLES))
-    assert len({len(s["tokens"]) for s in seqs}) > 1
+        seqs.append(train.Rollout(prompt=PROMPTS[i // N_SAMPLES], tokens=o.tokens, logprobs=o.logprobs,
+                                  reward=REWARDS[i], correct=REWARDS[i] > 0, advantage=float(adv[i]),
+                                  truncated=o.finish_reason == "length", group=i // N_SAMPLES, text="",
+                                  old_logp=list(o.logprobs)))
+    assert len({len(s.tokens) for s in seqs}) > 1
     return seqs
 
 
 def plain_logprobs(model, s, temperature, with_entropy=False):
     """log p of s's completion tokens from one unpacked forward over prompt + tokens, (n,),
     and the entropy of each of those tempered distributions if asked."""
-    ids = torch.tensor([s["prompt"] + s["tokens"]])
-    P = len(s["prompt"])
+    ids = torch.tensor([s.prompt + s.tokens])
+    P = len(s.prompt)
     logp_all = (model(ids)[0, P - 1:-1].float() / temperature).log_softmax(-1)   # (n, V)
-    logp = logp_all.gather(-1, torch.tensor(s["tokens"])[:, None])[:, 0]
+    logp = logp_all.gather(-1, torch.tensor(s.tokens)[:, None])[:, 0]
     if not with_entropy:
         return logp
     return logp, -(logp_all.exp() * logp_all).sum(-1)
@@ -82,8 +86,8 @@ def expected_loss(model, seqs, cfg):
     per_seq = []
     for s in seqs:
         logp, ent = plain_logprobs(model, s, cfg.temperature, with_entropy=True)
-        adv = torch.full_like(logp, s["adv"])
-        tok_loss, _ = grpo.grpo_token_loss(logp, torch.tensor(s["old_logp"]), torch.tensor(s["ref_logp"]), ent, adv,
+        adv = torch.full_like(logp, s.advantage)
+        tok_loss, _ = grpo.grpo_token_loss(logp, torch.tensor(s.old_logp), torch.tensor(s.ref_logp), ent, adv,
                                            cfg.clip_low, cfg.clip_high, cfg.kl_coef, cfg.entropy_coef)
         per_seq.append(tok_loss)
     n_tok, n_seq = sum(len(x) for x in per_seq), len(per_seq)
@@ -106,12 +110,12 @@ def test_packed_logprobs_equal_the_samplers(layout):
     exactly the log-probs the sampler reported, which are of the tempered distribution."""
     model = tiny_model()
     seqs = fresh_rollout(model)
-    mb = seqs if layout == "ragged" else [s for s in seqs if len(s["prompt"]) in (3, 4, 5)]
-    lens = [len(s["prompt"]) + len(s["tokens"]) for s in mb]
+    mb = seqs if layout == "ragged" else [s for s in seqs if len(s.prompt) in (3, 4, 5)]
+    lens = [len(s.prompt) + len(s.tokens) for s in mb]
     assert Packing(lens, CPU).grid == (layout == "similar")   # both attention paths of a packed row
     with torch.no_grad():
         logp = train.forward_logprobs(model, model, mb, T, CPU, amp=False, with_entropy=False)
-    want = torch.tensor([x for s in mb for x in s["logprobs"]])
+    want = torch.tensor([x for s in mb for x in s.logprobs])
     torch.testing.assert_close(logp, want, rtol=0, atol=1e-5)
 
 
@@ -126,12 +130,12 @@ def test_fresh_samples_give_ratio_one_and_loss_minus_token_mean_advantage():
     model.zero_grad()
     m = train.train_minibatch(model, model, seqs, cfg, CPU, world=1, amp=False)
     got = grads_of(model)
-    n_tok = sum(len(s["tokens"]) for s in seqs)
-    want = -sum(s["adv"] * len(s["tokens"]) for s in seqs) / n_tok
+    n_tok = sum(len(s.tokens) for s in seqs)
+    want = -sum(s.advantage * len(s.tokens) for s in seqs) / n_tok
     assert m["loss"] == pytest.approx(want, abs=1e-6)
     assert m["clipped"] == 0.0 and m["tokens"] == n_tok                      # clipped tokens, tokens
     model.zero_grad()
-    ref = -sum(s["adv"] * plain_logprobs(model, s, T).sum() for s in seqs) / n_tok
+    ref = -sum(s.advantage * plain_logprobs(model, s, T).sum() for s in seqs) / n_tok
     ref.backward()
     for a, b in zip(got, grads_of(model)):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
@@ -146,9 +150,9 @@ def test_loss_and_gradients_do_not_depend_on_the_micro_batch_split(loss_agg):
     seqs = fresh_rollout(model)
     g = torch.Generator().manual_seed(0)
     for s in seqs:  # an old policy and a reference that differ from the current one
-        n = len(s["tokens"])
-        s["old_logp"] = (torch.tensor(s["logprobs"]) + 0.3 * torch.randn(n, generator=g)).tolist()
-        s["ref_logp"] = (torch.tensor(s["logprobs"]) + 0.3 * torch.randn(n, generator=g)).tolist()
+        n = len(s.tokens)
+        s.old_logp = (torch.tensor(s.logprobs) + 0.3 * torch.randn(n, generator=g)).tolist()
+        s.ref_logp = (torch.tensor(s.logprobs) + 0.3 * torch.randn(n, generator=g)).tolist()
     results = []
     for micro_tokens in (10**6, 60, 1):
         cfg = train.Config(temperature=T, kl_coef=0.1, entropy_coef=0.01, loss_agg=loss_agg, ctx=9,
@@ -171,12 +175,12 @@ def test_loss_and_gradients_do_not_depend_on_the_micro_batch_split(loss_agg):
 def test_warm_up_loss_is_the_mean_negative_log_likelihood():
     """sft=True: -sum(log p) / tokens under the untempered model, gradients included."""
     model = tiny_model()
-    seqs = [dict(prompt=s["prompt"], tokens=s["tokens"]) for s in fresh_rollout(model)]
+    seqs = [train.Sequence(prompt=s.prompt, tokens=s.tokens) for s in fresh_rollout(model)]
     cfg = train.Config(temperature=T, micro_tokens=60)
     model.zero_grad()
     m = train.train_minibatch(model, model, seqs, cfg, CPU, world=1, amp=False, sft=True)
     got = grads_of(model)
-    n_tok = sum(len(s["tokens"]) for s in seqs)
+    n_tok = sum(len(s.tokens) for s in seqs)
     model.zero_grad()
     want = -sum(plain_logprobs(model, s, 1.0).sum() for s in seqs) / n_tok
     want.backward()
@@ -206,20 +210,39 @@ def test_each_sample_gets_its_groups_advantage(monkeypatch, scale_adv):
     assert seen == dict(n=len(REWARDS), refs=[str(i // N_SAMPLES) for i in range(len(REWARDS))])
     assert len(seqs) == len(REWARDS)
     for i, s in enumerate(seqs):
-        assert (s["prompt"], s["tokens"], s["logprobs"]) == (PROMPTS[i // N_SAMPLES], outs[i].tokens, outs[i].logprobs)
-        assert (s["group"], s["reward"]) == (i // N_SAMPLES, REWARDS[i])
-        assert s["adv"] == pytest.approx(float(adv[i]), abs=1e-6), i
+        assert (s.prompt, s.tokens, s.logprobs) == (PROMPTS[i // N_SAMPLES], outs[i].tokens, outs[i].logprobs)
+        assert (s.group, s.reward) == (i // N_SAMPLES, REWARDS[i])
+        assert s.advantage == pytest.approx(float(adv[i]), abs=1e-6), i
 
 
 def test_pack_keeps_every_sequence_once_within_the_budget():
-    seqs = [dict(prompt=[1] * p, tokens=[2] * t) for p, t in [(3, 4), (10, 9), (2, 1), (5, 5), (30, 2), (4, 4)]]
+    lengths = [(3, 4), (10, 9), (2, 1), (5, 5), (30, 2), (4, 4)]      # (prompt, completion)
+    seqs = [train.Sequence(prompt=[1] * p, tokens=[2] * t) for p, t in lengths]
     mbs = train.pack(seqs, 20)
     assert sorted(id(s) for mb in mbs for s in mb) == sorted(id(s) for s in seqs)
     for mb in mbs:
-        total = sum(len(s["prompt"]) + len(s["tokens"]) for s in mb)
+        total = sum(len(s.prompt) + len(s.tokens) for s in mb)
         assert total <= 20 or len(mb) == 1                                 # a longer one goes alone
     assert len(mbs) == 4                                                   # 3|7|8 . 10 . 19 . 32
     assert [len(mb) for mb in train.pack(seqs, 10**6)] == [6]
+
+
+def test_groups_with_signal_are_those_whose_rewards_differ():
+    """The dynamic-sampling filter and the zero_var metric: a group with one distinct reward has
+    all advantages 0, whatever its size."""
+    rewards = {0: [1.0, 1.0, 1.0], 1: [0.0, 1.0], 2: [0.0], 3: [0.5, 0.0, 0.5], 4: [0.0, 0.0]}
+    rollouts = [train.Rollout(prompt=[1], tokens=[2], logprobs=[-1.0], reward=r, correct=r > 0, advantage=0.0,
+                              truncated=False, group=g, text="") for g, rs in rewards.items() for r in rs]
+    assert train.groups_with_signal(rollouts) == {1, 3}
+
+
+def test_rollout_seed_keeps_its_values():
+    """The sampler's seed per (seed, step, refill round, rank): hand-computed, so that a refactor
+    cannot change what a resumed run samples or the toy's curves."""
+    assert train.rollout_seed(1, 2, 3, 4) == 1_002_316           # 1 * 1_000_003 + 2 * 1009 + 3 * 97 + 4
+    assert train.rollout_seed(0, 0, 0, 0) == 0
+    seeds = {train.rollout_seed(7, step, rnd, rank) for step in range(50) for rnd in range(10) for rank in range(97)}
+    assert len(seeds) == 50 * 10 * 97                             # distinct within the documented ranges
 
 
 def test_optimizer_step_clips_steps_and_clears():
@@ -265,8 +288,7 @@ class Recorder:
     def train_minibatch(self, real):
         def wrapped(ddp_model, model, seqs, cfg, device, world, amp, sft=False):
             """Keep the mini-batch's sequences (with their old and reference log-probs)."""
-            keep = ("prompt", "tokens", "group", "adv", "old_logp", "ref_logp")
-            self.minibatches.append((len(self.prompts) - 1, [{k: s[k] for k in keep} for s in seqs]))
+            self.minibatches.append((len(self.prompts) - 1, [copy.deepcopy(s) for s in seqs]))
             return real(ddp_model, model, seqs, cfg, device, world, amp, sft)
         return wrapped
 
@@ -340,12 +362,12 @@ def test_mini_batches_are_whole_groups_covering_the_step(run):
     for step in range(RUN_STEPS):
         parts = [seqs for k, seqs in rec.minibatches if k == step]
         assert len(parts) == RUN_UPDATES
-        groups = [{s["group"] for s in seqs} for seqs in parts]
+        groups = [{s.group for s in seqs} for seqs in parts]
         assert set.union(*groups) == set(range(RUN_PROMPTS)) and sum(map(len, groups)) == RUN_PROMPTS
         for seqs in parts:                                                 # every sample of a group
-            assert len(seqs) == RUN_SAMPLES * len({s["group"] for s in seqs})
+            assert len(seqs) == RUN_SAMPLES * len({s.group for s in seqs})
             for s in seqs:
-                assert s["prompt"] == rec.prompts[step][s["group"]]
+                assert s.prompt == rec.prompts[step][s.group]
     assert all(n is not None and n > 0 for n in rec.norms)                # the weights really move
 
 
@@ -358,11 +380,11 @@ def test_old_and_reference_logprobs_come_from_the_right_weights(run):
         for s in seqs:
             with torch.no_grad():
                 want = plain_logprobs(initial, s, T)
-            torch.testing.assert_close(torch.tensor(s["ref_logp"]), want, rtol=0, atol=1e-5)
+            torch.testing.assert_close(torch.tensor(s.ref_logp), want, rtol=0, atol=1e-5)
             if step == 0:
-                torch.testing.assert_close(torch.tensor(s["old_logp"]), want, rtol=0, atol=1e-5)
+                torch.testing.assert_close(torch.tensor(s.old_logp), want, rtol=0, atol=1e-5)
     later = [s for step, seqs in rec.minibatches if step > 0 for s in seqs]
-    gap = max(abs(a - b) for s in later for a, b in zip(s["old_logp"], s["ref_logp"]))
+    gap = max(abs(a - b) for s in later for a, b in zip(s.old_logp, s.ref_logp))
     assert gap > 1e-3
     assert all(r["kl"] > 0 for r in rows[1:])
 
