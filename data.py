@@ -601,6 +601,44 @@ def _percentiles(xs: list[int], ps=(10, 25, 50, 75, 90, 99)) -> str:
     return ", ".join(f"p{p} {xs[min(len(xs) - 1, len(xs) * p // 100)]:,}" for p in ps) if xs else "-"
 
 
+POLISH_METHODS = ("free", "guided", "none")   # how polish.py obtained a row's solution
+
+
+def polish_method(meta: dict) -> str:
+    """A polish.py row's method; rows written before the guided pass have none: free if polished."""
+    return meta.get("method") or ("free" if meta.get("polished") else "none")
+
+
+def polish_report(metas: list[dict]) -> list[str]:
+    """polish.py's coverage by method, chain lengths by method against the length floor, and the
+    guided pass's leak-check rejections: lines for polish.py's summary and `data.py stats`."""
+    by = {m: [x for x in metas if polish_method(x) == m] for m in POLISH_METHODS}
+    n = max(len(metas), 1)
+    out = ["by method: " + ", ".join(f"{m} {len(by[m]):,} ({100 * len(by[m]) / n:.1f}%)" for m in POLISH_METHODS)]
+    for m in ("free", "guided"):
+        if by[m]:
+            out.append(_length_line(m, by[m]))
+    tried = [x for x in metas if x.get("guided_rounds")]
+    if tried:
+        samples, leaked = sum(x["guided_samples"] for x in tried), sum(x.get("leaked", 0) for x in tried)
+        out.append(f"guided pass: {len(tried):,} problems, {samples:,} chains, "
+                   f"{sum(x['guided_correct'] for x in tried):,} correct, {len(by['guided']):,} problems "
+                   f"covered; leak check rejected {leaked:,} chains ({100 * leaked / max(samples, 1):.1f}%) "
+                   "that were otherwise acceptable")
+    return out
+
+
+def _length_line(method: str, metas: list[dict]) -> str:
+    """Chosen-chain lengths of one method against each row's floor (min_tokens)."""
+    tokens = [x["tokens"] for x in metas]
+    floors = sorted({x.get("min_tokens", 0) for x in metas})
+    ratio = min(x["tokens"] / max(x.get("min_tokens", 0), 1) for x in metas)
+    under = sum(x["tokens"] < x.get("min_tokens", 0) for x in metas)
+    floor = f"{floors[0]:,}" if len(floors) == 1 else f"{floors[0]:,}-{floors[-1]:,}"
+    return (f"{method} chains: {len(tokens):,}, tokens min {min(tokens):,}, mean {sum(tokens) / len(tokens):,.0f}, "
+            f"{_percentiles(tokens, (50, 90))}; floor {floor}: shortest {ratio:.2f}x its floor, {under:,} under it")
+
+
 def stats(path: str, model: str, skip_bad: bool = False) -> None:
     recs, tok = load_records(path, skip_bad), Tokenizer.from_pretrained(model)
     lengths = [len(tok.encode(r["solution"])) for r in recs if r["solution"]]
@@ -613,10 +651,11 @@ def stats(path: str, model: str, skip_bad: bool = False) -> None:
     if polished:  # polish.py's output: coverage and how often the sampler solved each problem
         done = sum(1 for p in polished if p.get("polished"))
         print(f"polished: {done:,} of {len(recs):,} ({100 * done / len(recs):.1f}%)")
+        print(*polish_report(polished), sep="\n")
         hist = [0] * 11
         for p in polished:
             hist[round(10 * p.get("pass_rate", 0.0))] += 1
-        print("pass rate:", "  ".join(f"{i / 10:.1f}:{n}" for i, n in enumerate(hist)))
+        print("pass rate (free pass):", "  ".join(f"{i / 10:.1f}:{n}" for i, n in enumerate(hist)))
 
 
 def main(argv=None):

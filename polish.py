@@ -4,7 +4,8 @@
     torchrun --nproc_per_node=8 polish.py --model DIR --data deepscaler.json --out polished.jsonl \\
         --samples 8 --rounds 2 --max-new-tokens 8192          # rank parts, merged by rank 0 at the end
     python polish.py merge --data deepscaler.json --out polished.jsonl   # merge the parts by hand
-    python data.py stats polished.jsonl --model DIR           # coverage and pass-rate histogram
+    python polish.py ... --guided-rounds 2                    # up to 2 guided rounds (--no-guided: none)
+    python data.py stats polished.jsonl --model DIR           # coverage by method, lengths, pass rates
 
 Every problem of --data (data.load_records, deduplicated) gets --samples chains of thought
 (T 0.6, top-p 0.95, the DeepScaleR prompt in the checkpoint's chat template) from
@@ -15,22 +16,36 @@ template), the same rule as train.py's reward, so pass_rate predicts the reward 
 A chain is *accepted* when it is correct, not truncated and at least --min-tokens long
 (default: min(max_position_embeddings, --max-new-tokens) / 4; R1-Distill-Qwen with 8,192 new
 tokens: 2,048). A problem with no accepted chain is sampled again in the next call, up to
---rounds rounds in all; then it stays in the output unpolished, with its pass rate. A problem
-whose prompt is over --prompt-budget tokens (train.py's default, 1,024) is not sampled and has
-no output row: it is listed at the start and counted in the summary.
+--rounds rounds in all. A problem whose prompt is over --prompt-budget tokens (train.py's
+default, 1,024) is not sampled and has no output row: it is listed at the start and counted.
+
+Guided pass (on by default; --no-guided switches it off): a problem with no accepted free chain
+after --rounds is sampled again, K chains a round for up to --guided-rounds rounds, with
+GUIDED_PROMPT: the problem, its reference answer and (when it has one) its original solution,
+and the request for a complete exploratory derivation written as if solving from scratch. The
+dataset card wants a long chain for every problem, and 82% of DeepScaleR's solutions are empty.
+A guided chain is accepted by the free rules plus the leak check (LEAK_PHRASES: a chain that
+says it was given the answer or a solution is rejected, and counted). Guided samples never
+count towards samples, correct or pass_rate: those stay the free pass's, which train.py filters
+on. A problem whose guided prompt is over --prompt-budget even without the solution gets no
+guided pass. A problem with no accepted chain at the end keeps its solution (method "none").
 
 Selection rule: of the accepted chains, the one with the most reconsideration markers (MARKERS:
 wait, hmm, alternatively, double-check, verify, let me check, ...) per 1,000 tokens of the
 reasoning before </think> wins; ties go to the longer chain, then the earlier sample. Density,
 not count, so that a long chain is not preferred for length alone, while the floor keeps terse
 summary-style chains out. The summary prints the rule's effect: markers/1k and length of the
-chosen chains against the mean over all accepted chains (what a random pick would give).
+chosen chains against the mean over all accepted chains (what a random pick would give), and
+(data.polish_report, shared with `data.py stats`) coverage by method, the chosen chains' lengths
+by method against the floor, and the guided chains the leak check rejected.
 
 Output: one row per problem, in input order: the input fields, `solution` = the chosen chain as
 the model wrote it after the template's "<think>\\n" (reasoning, </think>, answer; no eos),
 `original_solution` = the input's solution (kept from the input if it already has one), and
-`polish` = a PolishMeta (below: 17 fields, id .. seed). Unpolished rows keep `solution` as it
-was. train.py keeps problems with pass_rate_min < pass_rate < pass_rate_max.
+`polish` = a PolishMeta (below: 22 fields, id .. leaked; `method` says how the chain was
+obtained: free | guided | none). Unpolished rows keep `solution` as it was. train.py keeps
+problems with pass_rate_min < pass_rate < pass_rate_max. Rows of older versions (no method) read
+as free when polished, else none.
 
 Failing fast: every flag is checked (ranges, combinations, paths) before anything is read, and
 the tokenizer, config.json, chat template, prompt budget and KV budget before the weights are
@@ -40,10 +55,16 @@ the run with one line naming the file or folder (data.clean_exit; DEBUG=1: the t
 Crash safety: each rank appends finished rows to OUT-stem.rankR-of-W.jsonl, one os.write per row
 (fsync at the end of every generate call and at least every minute). A restart reads OUT and
 every part (any world size), skips problems that have a row, and cuts a torn last line off its
-own part. A kill loses only the problems in flight; Ctrl-C says so in one line (exit 130).
+own part. A problem that enters the guided pass also gets a `pending` line (its Tally, no
+chains) after its free rounds and after each guided round without an accepted chain, so a
+restart resumes its guided rounds where they stopped; its row, once written, supersedes them.
+A kill loses only the rounds in flight; Ctrl-C says so in one line (exit 130). A restart with
+--no-guided or fewer --guided-rounds writes such a problem's row at once (method none).
 Rank 0 merges OUT atomically (tmp + rename) once every problem has a row, and removes the parts.
 Left out: grading in the background while decoding (grading is sequential and reported), a
-prefix cache across a problem's rounds, length-balanced sharding across ranks.
+prefix cache across a problem's rounds, length-balanced sharding across ranks, a guided pass
+for the unpolished rows of an earlier output (its rows are done; rerun from the input instead),
+resuming a problem's free rounds (a kill restarts them).
 """
 import argparse
 import hashlib
@@ -60,8 +81,8 @@ from typing import NamedTuple
 
 import torch
 
-from data import (TEMPLATES, THINK_CHOICES, DataError, Tokenizer, clean_exit, dedupe, load_records, prompt_ids,
-                  reference_answers, requires_think, shard)
+from data import (TEMPLATES, THINK_CHOICES, DataError, Tokenizer, clean_exit, dedupe, load_records, polish_report,
+                  prompt_ids, reference_answers, requires_think, shard)
 from model import ModelConfig, ModelFileError, Transformer
 from sample import KVCache, generate
 from verify import grade_batch, reward_of
@@ -88,6 +109,8 @@ class Config:
     max_rows: int = 0            # cap on sequences decoded together; 0: as many as the KV budget holds
     cuda_graphs: bool = True     # replay decode steps as CUDA graphs (GPU only)
     skip_bad: bool = False       # drop input rows without problem or answer (listed) instead of stopping
+    guided: bool = True          # guided pass: sample problems with no accepted free chain given their answer
+    guided_rounds: int = 1       # guided rounds in all for a problem (K samples each); see GUIDED_PROMPT
 
 
 @dataclass
@@ -101,17 +124,23 @@ class PolishMeta:
     correct: int             # of those, the ones train.py's reward would pay (answer, and </think> if required)
     pass_rate: float         # correct / samples: the mean reward GRPO will see on this problem
     tokens: int              # length of the chosen chain without its eos; 0 when none was accepted
-    accepted: int            # chains correct, finished ("stop", not truncated) and >= min_tokens long
+    accepted: int            # chains correct, finished ("stop", not truncated), >= min_tokens long (and,
+                             # guided, not leaking), of the pass `method` names: the pool of the pick
     score: float             # the chosen chain's markers per 1k tokens, 3 decimals; 0.0 when none
     accepted_score: float    # mean score of the accepted chains (what a random pick would give); 0.0 if none
     accepted_tokens: float   # mean length of the accepted chains, 1 decimal; 0.0 if none
-    rounds: int              # sampling rounds the problem took (<= --rounds)
+    rounds: int              # free sampling rounds the problem took (<= --rounds)
     min_tokens: int          # the length floor in force (--min-tokens or its default)
     max_new_tokens: int      # --max-new-tokens: a chain that reached it was truncated, so rejected
     temperature: float       # --temperature
     top_p: float             # --top-p
     model: str               # --model, as given on the command line
     seed: int                # --seed
+    method: str = "none"     # how `solution` was obtained: free | guided | none (no accepted chain)
+    guided_rounds: int = 0   # guided rounds the problem took (<= --guided-rounds); 0: no guided pass
+    guided_samples: int = 0  # guided chains sampled (never part of samples, correct or pass_rate)
+    guided_correct: int = 0  # of those, the ones with the right answer (and </think> if required)
+    leaked: int = 0          # guided chains otherwise acceptable but rejected by the leak check
 
 
 class Candidate(NamedTuple):
@@ -123,10 +152,24 @@ class Candidate(NamedTuple):
 
 @dataclass
 class Tally:
-    """One problem's samples so far, carried across its rounds until its row is written."""
-    samples: int = 0
-    correct: int = 0
-    accepted: list = field(default_factory=list)     # Candidate of every accepted chain, in sample order
+    """One problem's samples so far, carried across its rounds until its row is written. Between
+    guided rounds it is also written to the part as a `pending` line, all fields but `accepted`
+    (empty there: a problem with an accepted chain gets its row at once)."""
+    samples: int = 0         # free chains sampled
+    correct: int = 0         # of those, the rewarded ones
+    rounds: int = 0          # free rounds done
+    guided_rounds: int = 0   # guided rounds done
+    guided_samples: int = 0  # guided chains sampled
+    guided_correct: int = 0  # of those, the rewarded ones
+    leaked: int = 0          # guided chains rejected by the leak check alone
+    accepted: list = field(default_factory=list)     # Candidate of every accepted chain of the current pass
+
+
+class Job(NamedTuple):
+    """One problem in a generate call: which, its round within its pass, and which pass."""
+    p: int                   # index into recs
+    rnd: int                 # round of the pass, from 1
+    guided: bool             # the guided pass (GUIDED_PROMPT) rather than the free one
 
 
 @dataclass
@@ -146,6 +189,33 @@ MARKERS = re.compile(r"\b(?:wait|hmm+|alternatively|double[- ]?check(?:ing|ed)?|
                      r"verify(?:ing)?|verification|let me (?:check|see|confirm|think again|re-?examine|"
                      r"reconsider)|on second thought|hold on|but actually|re-?examin(?:e|ing)|"
                      r"reconsider(?:ing)?|mistake|another (?:way|approach))\b", re.IGNORECASE)
+# The guided pass's user turn (then the chat template, as for the free prompt). The answer comes
+# first and the solution after it, so that a solution cut for --prompt-budget leaves the answer;
+# the last sentence is DeepScaleR's own, so the chain ends the way train.py's reward reads it.
+GUIDED_PROMPT = ("{problem}\n\nThe correct final answer is {answer}.{solution}\n\nSolve the problem from "
+                 "scratch, as if you had not been told the answer: explore, try approaches, check each step "
+                 "and reconsider where you are unsure, until your own complete derivation reaches this "
+                 "answer. Never mention that the answer or a solution was given to you. Let's think step "
+                 "by step and output the final answer within \\boxed{{}}.")
+GUIDED_SOLUTION = "\n\nA reference solution, for you alone:\n{solution}"
+
+# Phrases with which a guided chain gives away that it was handed the answer or a solution: such
+# a chain teaches the model to expect a hint, so it is rejected. "given answer choices" is a
+# multiple-choice problem's own wording, hence the lookaheads; tests pin positive and negative
+# examples of every phrase.
+NOT_CHOICES = r"(?!\s+(?:choices?|options?)\b)"
+LEAK_PHRASES = (
+    r"\b(?:given|provided|reference|expected|supplied|target) (?:final )?(?:answer|solution)s?\b" + NOT_CHOICES,
+    r"\boriginal solution\b",
+    r"\b(?:answer|solution) (?:we were|we are|we're|I was|I am|I'm|I've been|we've been) "
+    r"(?:given|told|shown|provided)\b",
+    r"\b(?:we|I)(?: are| am| were| was|'re|'m| have been|'ve been)? (?:told|given) (?:that )?the "
+    r"(?:final |correct )?answer\b" + NOT_CHOICES,
+    r"\bthe (?:answer|solution) (?:is |was )?(?:given|provided|supplied)(?! by\b)"
+    r"(?: (?:to (?:me|us)|above|earlier|in the (?:prompt|problem|question)))?\b" + NOT_CHOICES,
+    r"\b(?:work|working|reason|reasoning) backwards? from the (?:known |final )?answer\b",
+)
+LEAK = re.compile("|".join(f"(?:{p})" for p in LEAK_PHRASES), re.IGNORECASE)
 PROGRESS_S = (0.5, 30.0)         # seconds between progress updates: on a terminal, in a log
 LISTED = 20                      # dropped problems listed by name at the start; the rest are counted
 
@@ -175,32 +245,79 @@ def problem_id(index: int, problem: str) -> str:
     return f"{index}-{hashlib.sha1(problem.encode()).hexdigest()[:10]}"
 
 
-def tally_samples(tally: Tally, texts, lengths, fins, grades, think: bool, floor: int) -> None:
-    """Add one round's graded samples of a problem to its tally."""
+def leaks(text: str) -> bool:
+    """Does the chain refer to having been given the answer or a solution (LEAK_PHRASES)?"""
+    return LEAK.search(text) is not None
+
+
+def original_solution(rec: dict) -> str:
+    """The input's own solution: `original_solution` when the input is an earlier output (its
+    `solution` may be a chain by then), else `solution`."""
+    return rec["original_solution"] if "original_solution" in rec else rec["solution"]
+
+
+def guided_text(rec: dict, with_solution: bool = True) -> str:
+    """The guided pass's user turn for a record (before the chat template)."""
+    sol = original_solution(rec).strip() if with_solution else ""
+    return GUIDED_PROMPT.format(problem=rec["problem"], answer=rec["answer"],
+                                solution=GUIDED_SOLUTION.format(solution=sol) if sol else "")
+
+
+def guided_ids(tok, rec: dict, template: str | None, budget: int) -> list | None:
+    """Token ids of the guided prompt; without the solution when it would be over budget; None
+    when even that is (the problem then gets no guided pass)."""
+    for with_solution in (True, False):
+        ids = tok.encode_chat(guided_text(rec, with_solution), template)
+        if len(ids) <= budget:
+            return ids
+    return None
+
+
+def tally_samples(tally: Tally, texts, lengths, fins, grades, think: bool, floor: int, guided: bool = False) -> None:
+    """Add one round's graded samples of a problem to its tally: to the free counts, or to the
+    guided ones (where an otherwise acceptable chain that leaks is counted, not accepted)."""
     for x, n, fin, c in zip(texts, lengths, fins, grades):
-        tally.samples += 1
         c = bool(reward_of(c, x, think))            # train.py's reward: no </think>, no credit
-        tally.correct += c
+        if guided:
+            tally.guided_samples += 1
+            tally.guided_correct += c
+        else:
+            tally.samples += 1
+            tally.correct += c
         if c and fin == "stop" and n >= floor:
+            if guided and leaks(x):
+                tally.leaked += 1
+                continue
             tally.accepted.append(Candidate(score(x, n), n, x))
 
 
-def output_row(rec: dict, pid: str, tally: Tally, rnd: int, floor: int, cfg: Config) -> dict:
+def pending_line(pid: str, tally: Tally) -> dict:
+    """The part-file line that lets a restart resume a problem's guided rounds."""
+    state = asdict(tally)
+    del state["accepted"]                           # always empty here: no chain is pending
+    return {"pending": {"id": pid, **state}}
+
+
+def output_row(rec: dict, pid: str, tally: Tally, floor: int, cfg: Config, guided: bool = False) -> dict:
     """The row written for a finished problem: the input record, the chosen chain (if any) as
     `solution`, the input's solution as `original_solution`, and a PolishMeta as `polish`.
-    Keys the input already has keep their place, new ones follow in this order."""
+    `guided`: the tally's accepted chains are guided ones. Keys the input already has keep their
+    place, new ones follow in this order."""
     acc = tally.accepted
     best = acc[pick(acc)] if acc else None
+    method = "none" if best is None else "guided" if guided else "free"
     meta = PolishMeta(
         id=pid, polished=best is not None, samples=tally.samples, correct=tally.correct,
         pass_rate=tally.correct / tally.samples, tokens=best.tokens if best else 0, accepted=len(acc),
         score=round(best.score, 3) if best else 0.0,
         accepted_score=round(sum(a.score for a in acc) / len(acc), 3) if acc else 0.0,
         accepted_tokens=round(sum(a.tokens for a in acc) / len(acc), 1) if acc else 0.0,
-        rounds=rnd, min_tokens=floor, max_new_tokens=cfg.max_new_tokens,
-        temperature=cfg.temperature, top_p=cfg.top_p, model=cfg.model, seed=cfg.seed)
+        rounds=tally.rounds, min_tokens=floor, max_new_tokens=cfg.max_new_tokens,
+        temperature=cfg.temperature, top_p=cfg.top_p, model=cfg.model, seed=cfg.seed, method=method,
+        guided_rounds=tally.guided_rounds, guided_samples=tally.guided_samples,
+        guided_correct=tally.guided_correct, leaked=tally.leaked)
     row = dict(rec)
-    row["original_solution"] = rec.get("original_solution", rec["solution"])
+    row["original_solution"] = original_solution(rec)
     if best:
         row["solution"] = best.text
     row["polish"] = asdict(meta)
@@ -222,9 +339,16 @@ def part_files(out: str) -> list[str]:
         if os.path.isdir(folder) else []
 
 
+def line_id(line: dict):
+    """The problem id of a part-file line: a row's polish.id or a pending line's id; None if neither."""
+    meta = line.get("polish") or line.get("pending") or {}
+    return meta.get("id") if isinstance(meta, dict) else None
+
+
 def read_rows(path: str, repair: bool = False) -> list[dict]:
-    """Rows of a file polish.py wrote. A torn last line (no newline, or not JSON) is dropped, and
-    with repair cut off the file; a bad line anywhere else is a DataError naming file:line."""
+    """Lines of a file polish.py wrote: rows, and (in parts) pending lines. A torn last line (no
+    newline, or not JSON) is dropped, and with repair cut off the file; a bad line anywhere else
+    is a DataError naming file:line."""
     if not os.path.exists(path):
         return []
     with open(path, "rb") as f:
@@ -233,7 +357,7 @@ def read_rows(path: str, repair: bool = False) -> list[dict]:
     for i, line in enumerate(lines):
         try:
             row = json.loads(line)
-            if not isinstance((row.get("polish") or {}).get("id"), str):
+            if not isinstance(row, dict) or not isinstance(line_id(row), str):
                 raise ValueError
         except ValueError:
             if i == len(lines) - 1 and not torn:     # a last line of garbage (e.g. NULs after a crash)
@@ -249,16 +373,32 @@ def read_rows(path: str, repair: bool = False) -> list[dict]:
     return rows
 
 
-def done_rows(out: str, known: set, own: str | None = None) -> dict:
-    """id -> row over OUT and every part; `own` (this rank's part) is repaired."""
-    rows = {}
+def read_outputs(out: str, known: set, own: str | None = None) -> tuple[dict, dict]:
+    """Over OUT and every part (any world size): id -> finished row, and id -> the Tally of the
+    furthest pending line of each problem without a row. `own` (this rank's part) is repaired."""
+    rows, pending = {}, {}
     for path in [out] + part_files(out):
         for r in read_rows(path, repair=path == own):
-            if r["polish"]["id"] not in known:
-                raise DataError(f"{path}: row {r['polish']['id']!r} matches no problem of --data; "
+            pid = line_id(r)
+            if pid not in known:
+                raise DataError(f"{path}: row {pid!r} matches no problem of --data; "
                                 "was it made from another file? Move it away or choose another --out")
-            rows.setdefault(r["polish"]["id"], r)
-    return rows
+            if "polish" in r:
+                rows.setdefault(pid, r)
+                continue
+            try:
+                tally = Tally(**{k: v for k, v in r["pending"].items() if k != "id"})
+            except TypeError:
+                raise DataError(f"{path}: pending line of {pid!r} is not one polish.py wrote: "
+                                f"{sorted(r['pending'])}") from None
+            if pid not in pending or tally.guided_rounds > pending[pid].guided_rounds:
+                pending[pid] = tally
+    return rows, {pid: t for pid, t in pending.items() if pid not in rows}
+
+
+def done_rows(out: str, known: set, own: str | None = None) -> dict:
+    """id -> row over OUT and every part; `own` (this rank's part) is repaired."""
+    return read_outputs(out, known, own)[0]
 
 
 def merge(out: str, ids: list, dropped: set = frozenset(), hint: str = "") -> list[dict]:
@@ -287,7 +427,7 @@ class Call:
     K samples are sequences j * K .. j * K + K - 1."""
 
     def __init__(self, problems: list, K: int):
-        self.problems = problems                           # (index into recs, round) per problem
+        self.problems = problems                           # a Job per problem
         self.K = K
         self.tokens = [[] for _ in range(len(problems) * K)]   # per sequence; None once graded
         self.finish = [None] * (len(problems) * K)         # per sequence: "stop" | "length" when done
@@ -320,12 +460,14 @@ class Polisher:
     part file and the counters. Its steps are methods, so the callback generate calls is one
     bound method (on_tokens) rather than a closure rebuilt for every call."""
 
-    def __init__(self, model, tok, recs, ids, prompts, cfg: Config, floor: int, part: str, show: bool):
+    def __init__(self, model, tok, recs, ids, prompts, guided: dict, cfg: Config, floor: int, part: str,
+                 show: bool):
         self.model, self.tok, self.recs, self.ids, self.prompts = model, tok, recs, ids, prompts
+        self.guided = guided          # problem -> guided prompt ids (None: over budget); {} with --no-guided
         self.cfg, self.floor, self.part, self.show = cfg, floor, part, show
         self.think = requires_think(cfg.think, cfg.template or tok.chat_template)
         self.queue = deque()          # problems not sampled yet (indices into recs)
-        self.retry = []               # (problem, round) with no accepted chain, for the next call
+        self.retry = []               # Job of each problem due another round (free or guided), for the next call
         self.tallies = {}             # problem -> Tally, from its first graded round to its row
         self.call = None              # the generate call in progress
         self.stats = RunStats()
@@ -335,13 +477,21 @@ class Polisher:
         self.t0 = self.last_shown = time.perf_counter()
         self.tty = sys.stderr.isatty()
 
-    def run(self, todo: list) -> RunStats:
-        """Polish problems `todo` (indices into recs); every finished row is appended to the part."""
-        self.queue.extend(todo)
+    def run(self, todo: list, pending: dict) -> RunStats:
+        """Polish problems `todo` (indices into recs); every finished row is appended to the part.
+        `pending`: problem -> Tally of those an earlier run left between guided rounds."""
+        self.queue.extend(p for p in todo if p not in pending)
         self.total = len(todo)
         self.fd = os.open(self.part, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         finished = False
         try:
+            # 0) problems an earlier run left mid-guided-pass go on from the round after their last
+            for p, tally in pending.items():
+                self.tallies[p] = tally
+                if self.guided_left(p, tally):
+                    self.retry.append(Job(p, tally.guided_rounds + 1, True))
+                else:                     # --no-guided or fewer --guided-rounds this time: done
+                    self.write_row(p, tally, guided=True)
             while self.queue or self.retry:
                 # 1) problems due another round first, then new ones, up to --chunk
                 self.call = self.next_call()
@@ -360,20 +510,25 @@ class Polisher:
         return self.stats
 
     def next_call(self) -> Call:
-        """The next generate call's problems: every retry (round 2 and up), then new problems up to --chunk."""
-        batch, self.retry = self.retry, []
+        """The next generate call's problems, --chunk of them: retries first (free round 2 and up,
+        guided rounds; more than --chunk only after a restart with many problems mid-guided-pass),
+        then new problems."""
+        batch, self.retry = self.retry[:self.cfg.chunk], self.retry[self.cfg.chunk:]
         while self.queue and len(batch) < self.cfg.chunk:
-            batch.append((self.queue.popleft(), 1))
+            batch.append(Job(self.queue.popleft(), 1, False))
         return Call(batch, self.cfg.samples)
 
     def sample(self, call: Call) -> None:
         """One sample.generate call over the call's problems, K samples each."""
-        cfg, (p0, r0) = self.cfg, call.problems[0]
+        cfg, first = self.cfg, call.problems[0]
+        prompts = [self.guided[j.p] if j.guided else self.prompts[j.p] for j in call.problems]
+        # a guided round draws other numbers than the free round of the same number
+        seed = cfg.seed + 1_000_003 * (first.p + 1) + first.rnd + 500_009 * first.guided
         g0 = time.perf_counter()
         try:
-            generate(self.model, [self.prompts[p] for p, _ in call.problems], n=cfg.samples,
+            generate(self.model, prompts, n=cfg.samples,
                      max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                     seed=cfg.seed + 1_000_003 * (p0 + 1) + r0, max_rows=cfg.max_rows or None,
+                     seed=seed, max_rows=cfg.max_rows or None,
                      kv_budget=int(cfg.kv_gib * 2**30) or None, cuda_graphs=cfg.cuda_graphs,
                      callback=self.on_tokens)
         except FloatingPointError as e:
@@ -389,24 +544,50 @@ class Polisher:
         self.stats.tokens += len(new)
         j = self.call.add(seq, new, fin)
         if j is not None:                 # all K samples of the call's problem j are back
-            p, rnd = self.call.problems[j]
-            self.finish(p, rnd, *self.call.take(j, self.tok))
+            self.finish(self.call.problems[j], *self.call.take(j, self.tok))
         self.progress()
         self.stats.callback += time.perf_counter() - c0
 
-    def finish(self, p: int, rnd: int, texts: list, lengths: list, fins: list) -> None:
-        """Grade one problem's samples of round rnd; write its row, or queue it for another round."""
+    def finish(self, job: Job, texts: list, lengths: list, fins: list) -> None:
+        """Grade one problem's samples of a round; write its row, or queue its next round."""
+        p, rnd = job.p, job.rnd
         rec, g0 = self.recs[p], time.perf_counter()
         ref = reference_answers(rec)
         grades = grade_batch([(x, ref) for x in texts], workers=self.cfg.workers, problem=rec["problem"])
         self.stats.grade += time.perf_counter() - g0
         tally = self.tallies.setdefault(p, Tally())
-        tally_samples(tally, texts, lengths, fins, grades, self.think, self.floor)
-        if not tally.accepted and rnd < self.cfg.rounds:
-            self.retry.append((p, rnd + 1))
+        tally_samples(tally, texts, lengths, fins, grades, self.think, self.floor, guided=job.guided)
+        if job.guided:
+            tally.guided_rounds = rnd
+            self.next_guided(p, tally)
             return
+        tally.rounds = rnd
+        if not tally.accepted and rnd < self.cfg.rounds:
+            self.retry.append(Job(p, rnd + 1, False))
+            return
+        if not tally.accepted and self.guided.get(p) is not None:
+            self.write(pending_line(self.ids[p], tally))     # the free rounds survive a kill from here on
+            self.retry.append(Job(p, 1, True))
+            return
+        self.write_row(p, tally, guided=False)
+
+    def guided_left(self, p: int, tally: Tally) -> bool:
+        """Is a guided round due: the pass is on, the prompt fits, rounds remain?"""
+        return self.guided.get(p) is not None and tally.guided_rounds < self.cfg.guided_rounds
+
+    def next_guided(self, p: int, tally: Tally) -> None:
+        """After a guided round: the row when a chain was accepted or no round is left, else a
+        pending line (a restart goes on from the next round) and the next round."""
+        if tally.accepted or not self.guided_left(p, tally):
+            self.write_row(p, tally, guided=True)
+            return
+        self.write(pending_line(self.ids[p], tally))
+        self.retry.append(Job(p, tally.guided_rounds + 1, True))
+
+    def write_row(self, p: int, tally: Tally, guided: bool) -> None:
+        """The problem's row, once its passes are over."""
         del self.tallies[p]
-        row = output_row(rec, self.ids[p], tally, rnd, self.floor, self.cfg)
+        row = output_row(self.recs[p], self.ids[p], tally, self.floor, self.cfg, guided=guided)
         self.write(row)
         self.stats.done += 1
         self.stats.accepted += row["polish"]["polished"]
@@ -438,19 +619,21 @@ class Polisher:
               file=sys.stderr, flush=True)
 
 
-def polish(model, tok, recs, ids, prompts, todo, cfg, floor, part, show) -> RunStats:
+def polish(model, tok, recs, ids, prompts, guided, todo, pending, cfg, floor, part, show) -> RunStats:
     """Polish problems `todo` (indices into recs), appending each finished row to `part`."""
-    return Polisher(model, tok, recs, ids, prompts, cfg, floor, part, show).run(todo)
+    return Polisher(model, tok, recs, ids, prompts, guided, cfg, floor, part, show).run(todo, pending)
 
 
 def summary(rows: list, t: RunStats | None, rank: int, dropped: int = 0, budget: int = 0) -> str:
-    """The end-of-run report: coverage, pass rates, the selection rule's effect, where time went."""
+    """The end-of-run report: coverage (by method), chain lengths, the leak check, free pass rates,
+    the selection rule's effect, where time went."""
     meta = [r["polish"] for r in rows]
     pol = [m for m in meta if m["polished"]]
     never, always = sum(m["pass_rate"] == 0 for m in meta), sum(m["pass_rate"] == 1 for m in meta)
     out = [f"{len(rows)} problems: {len(pol)} polished ({100 * len(pol) / max(len(rows), 1):.1f}%), "
            f"{len(rows) - len(pol)} keep their original solution",
-           f"pass rate: mean {sum(m['pass_rate'] for m in meta) / max(len(meta), 1):.3f}; never solved "
+           *polish_report(meta),
+           f"free pass rate: mean {sum(m['pass_rate'] for m in meta) / max(len(meta), 1):.3f}; never solved "
            f"{never}, always solved {always}, in between {len(meta) - never - always}"]
     if dropped:
         out.append(f"{dropped} problems dropped: prompt over --prompt-budget {budget} tokens "
@@ -478,7 +661,7 @@ def summary(rows: list, t: RunStats | None, rank: int, dropped: int = 0, budget:
 # these mistakes otherwise surface late: --samples 0 as a ZeroDivisionError at the first row,
 # --kv-gib -1 or --max-rows -1 as a sampler error after the weights are loaded.
 LOWER_BOUNDS = {"samples": 1, "rounds": 1, "temperature": 0.0, "max_new_tokens": 1, "prompt_budget": 1,
-                "min_tokens": -1, "chunk": 1, "workers": 1, "kv_gib": 0.0, "max_rows": 0}
+                "min_tokens": -1, "chunk": 1, "workers": 1, "kv_gib": 0.0, "max_rows": 0, "guided_rounds": 1}
 
 
 def flag_problem(cfg: Config, merge_only: bool) -> str:
@@ -502,6 +685,9 @@ def flag_problem(cfg: Config, merge_only: bool) -> str:
     if cfg.temperature == 0 and (cfg.samples > 1 or cfg.rounds > 1):
         return (f"--temperature 0 is greedy decoding: --samples {cfg.samples} and --rounds {cfg.rounds} "
                 "would repeat one chain; use --samples 1 --rounds 1, or a temperature above 0")
+    if cfg.temperature == 0 and cfg.guided and cfg.guided_rounds > 1:
+        return (f"--temperature 0 is greedy decoding: --guided-rounds {cfg.guided_rounds} would repeat one "
+                "chain; use --guided-rounds 1, or a temperature above 0")
     return path_problem(cfg)
 
 
@@ -594,12 +780,12 @@ def over_budget(prompts: list, recs: list, ids: list, cfg: Config, show: bool) -
     return over
 
 
-def check_kv_budget(mcfg: ModelConfig, longest: int, cfg: Config, dtype) -> None:
+def check_kv_budget(mcfg: ModelConfig, longest: int, cfg: Config, dtype, what: str = "prompt") -> None:
     """--kv-gib must hold one sequence: the longest prompt + --max-new-tokens (sample.generate's
     own check, made before the weights are loaded)."""
     per_row = KVCache.bytes_per_row(mcfg, longest + cfg.max_new_tokens, dtype)
     if cfg.kv_gib and int(cfg.kv_gib * 2**30) < per_row:
-        raise fail(f"--kv-gib {cfg.kv_gib} holds no sequence: the longest prompt ({longest} tokens) + "
+        raise fail(f"--kv-gib {cfg.kv_gib} holds no sequence: the longest {what} ({longest} tokens) + "
                    f"--max-new-tokens {cfg.max_new_tokens} need {per_row / 2**30:.3f} GiB of KV cache")
 
 
@@ -621,6 +807,19 @@ def start_distributed(world: int):
     return dist
 
 
+def guided_prompts(tok, recs: list, todo: list, cfg: Config, show: bool) -> dict:
+    """problem -> guided prompt ids (None when over --prompt-budget even without the solution)
+    for this rank's problems; {} with --no-guided."""
+    if not cfg.guided:
+        return {}
+    guided = {p: guided_ids(tok, recs[p], cfg.template or None, cfg.prompt_budget) for p in todo}
+    over = sum(ids is None for ids in guided.values())
+    if show and over:
+        print(f"polish: {over} problems get no guided pass: their guided prompt is over --prompt-budget "
+              f"{cfg.prompt_budget} tokens even without the solution", file=sys.stderr)
+    return guided
+
+
 def run_polish(cfg: Config, rank: int, world: int, part: str) -> None:
     """Check, load, polish this rank's share, merge on rank 0."""
     t_start = time.perf_counter()
@@ -630,13 +829,16 @@ def run_polish(cfg: Config, rank: int, world: int, part: str) -> None:
     prompts = [prompt_ids(tok, r["problem"], cfg.template or None) for r in recs]
     over = set(over_budget(prompts, recs, ids, cfg, show=rank == 0))
     os.makedirs(os.path.dirname(os.path.abspath(cfg.out)), exist_ok=True)
-    done = done_rows(cfg.out, set(ids), own=part)
+    done, pending_ids = read_outputs(cfg.out, set(ids), own=part)
     dropped = {ids[i] for i in over if ids[i] not in done}      # a row from an earlier run is kept
     todo = [i for i in shard(range(len(recs)), rank, world) if ids[i] not in done and i not in over]
+    pending = {i: pending_ids[ids[i]] for i in todo if ids[i] in pending_ids}
+    guided = guided_prompts(tok, recs, todo, cfg, show=rank == 0)
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() \
         else torch.device("cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     check_kv_budget(mcfg, max((len(prompts[i]) for i in todo), default=0), cfg, dtype)
+    check_kv_budget(mcfg, max((len(g) for g in guided.values() if g), default=0), cfg, dtype, "guided prompt")
     floor = cfg.min_tokens if cfg.min_tokens >= 0 else \
         default_floor(mcfg.max_position_embeddings, cfg.max_new_tokens)
     # 2) the process group and the weights
@@ -648,12 +850,15 @@ def run_polish(cfg: Config, rank: int, world: int, part: str) -> None:
     except (FileNotFoundError, ValueError) as e:
         raise model_error(cfg, e) from None
     if rank == 0:
+        passes = f", then guided x {cfg.guided_rounds} round(s)" if cfg.guided else ""
         print(f"polish: {len(recs)} problems, {len(done)} already done, {len(dropped)} over the prompt budget, "
-              f"{len(todo)} on rank 0 of {world}; {cfg.samples} samples x {cfg.rounds} round(s), "
-              f"min {floor} tokens, device {device}", file=sys.stderr, flush=True)
+              f"{len(todo)} on rank 0 of {world} ({len(pending)} resuming their guided pass); {cfg.samples} "
+              f"samples x {cfg.rounds} round(s){passes}, min {floor} tokens, device {device}",
+              file=sys.stderr, flush=True)
     # 3) this rank's problems, each row appended to its part as it finishes
     setup = time.perf_counter() - t_start
-    t = polish(model, tok, recs, ids, prompts, todo, cfg, floor, part, show=rank == 0)
+    t = polish(model, tok, recs, ids, prompts, guided=guided, todo=todo, pending=pending, cfg=cfg, floor=floor,
+               part=part, show=rank == 0)
     t.setup = setup
     # 4) once every rank is done, rank 0 merges the parts into OUT
     if dist:

@@ -184,7 +184,8 @@ def test_rounds_resample_only_unsolved(tmp_path, monkeypatch, toy_dir):
                "--rounds", "3", "--max-new-tokens", "32", "--min-tokens", "-1")
     m = [r["polish"] for r in rows_of(tmp_path / "o.jsonl")]
     assert [(x["rounds"], x["samples"], x["polished"]) for x in m] == [(1, 4, True), (2, 8, True), (3, 12, False)]
-    assert m[1]["pass_rate"] == 0.5 and sorted(seen.values()) == [1, 2, 3]
+    assert m[1]["pass_rate"] == 0.5 and sorted(seen.values()) == [1, 2, 4]   # + the never solved one's guided round
+    assert (m[2]["method"], m[2]["guided_rounds"], m[2]["guided_samples"]) == ("none", 1, 4)
     assert m[0]["min_tokens"] == 8                          # min(1024, 32) // 4 for the toy
 
 
