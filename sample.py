@@ -168,7 +168,7 @@ def sample_tokens(logits, u, temperature: float, top_p: float, top_k: int):
     return tok, logp.gather(-1, tok[:, None])[:, 0]
 
 
-def _default_budget(device) -> int:
+def default_kv_budget(device) -> int:
     """KV bytes when none is given: 60% of the free GPU memory, or 4 GiB on CPU. Blocks PyTorch's
     allocator holds unoccupied (a training step's activations, a previous call's cache) count as
     taken to the driver; they are handed back first, so inside a training loop the budget does
@@ -478,7 +478,7 @@ def _kv_cache(model, longest: int, total: int, max_new_tokens: int, max_rows, kv
     holds (at most one per sequence, at most max_rows)."""
     p0 = next(model.parameters())
     capacity = longest + max_new_tokens
-    budget = _default_budget(p0.device) if kv_budget is None else kv_budget
+    budget = default_kv_budget(p0.device) if kv_budget is None else kv_budget
     per_row = KVCache.bytes_per_row(model.config, capacity, p0.dtype)
     rows = min(total if max_rows is None else max_rows, total, budget // per_row)
     if rows < 1:

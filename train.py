@@ -1,9 +1,10 @@
 """GRPO on math problems, DeepScaleR's recipe by default, under torchrun DDP or in one process.
 
     python train.py                                           # the embedded toy, CPU, minutes
-    torchrun --nproc_per_node=8 train.py --model DIR --data polished.jsonl --ctx 8192
-    torchrun --nproc_per_node=8 train.py --model DIR --data polished.jsonl --ctx 16384 \\
-        --samples 16 --resume runs/grpo/checkpoints/step_000500     # the next context stage
+    torchrun --nproc_per_node=8 train.py --model DIR --data polished.jsonl --ctx 8192   # one stage
+    torchrun --nproc_per_node=8 train.py --model DIR --data polished.jsonl --steps 1750 \\
+        --schedule 0:8192:8,1040:16384:16,1520:24576:16           # DeepScaleR's three stages
+    torchrun --nproc_per_node=8 train.py ... --resume auto        # continue a run, even at a switch
     python train.py plot runs/grpo                            # curves to runs/grpo/curves.png
 
 One step: every rank takes its share of the global prompt batch (whole groups, so advantages
@@ -13,6 +14,13 @@ advantages. The batch is then split into `--updates-per-step` mini-batches, each
 optimizer step: micro-batches packed by token budget (padding-free: sequences side by side in
 one row, each attending only to itself), log-probs through model.token_logprobs, the loss of
 grpo.py, backward under DDP with no_sync until the last micro-batch.
+
+Stages: --schedule FIRST_STEP:CTX:SAMPLES,... changes the response budget and the group size
+after FIRST_STEP steps. At each switch the policy so far becomes the KL reference and AdamW
+restarts, as in DeepScaleR's hand-launched stages (--keep-initial-ref, --keep-optimizer
+otherwise); checkpoints hold what the stage needs, so a resume anywhere is exact. The sampler's
+KV budget is fixed at the first step and kept on resume, because the rows it holds decide
+which random numbers each sample draws.
 
 Failing fast: a rank that waits `--collective-timeout-s` for another ends the run with one
 line naming the phase it was in (torchrun then stops the others, which name theirs); a
@@ -38,16 +46,17 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field, fields
+from collections import Counter
+from dataclasses import asdict, dataclass, field, fields, replace
 
 import torch
 import torch.distributed as dist
 
 import grpo
-from data import (THINK_CHOICES, Tokenizer, clean_exit, dedupe, epoch_order, load_records, prompt_ids,
-                  reference_answers, requires_think, shard)
+from data import (THINK_CHOICES, Tokenizer, clean_exit, dedupe, epoch_order, load_records, polish_method,
+                  prompt_ids, reference_answers, requires_think, shard)
 from model import Transformer
-from sample import evaluate, generate, grade_completions
+from sample import default_kv_budget, evaluate, generate, grade_completions
 
 
 @dataclass
@@ -63,6 +72,7 @@ class Config:
     prompt_budget: int = 1024        # longer prompts are dropped at load time (and counted)
     prompts_per_step: int = 128      # prompts per step over all ranks
     samples: int = 8                 # completions per prompt (the GRPO group)
+    schedule: str = ""               # FIRST_STEP:CTX:SAMPLES,... e.g. 0:8192:8,1040:16384:16; empty: --ctx, --samples
     temperature: float = 0.6
     top_p: float = 1.0
     think: str = "auto"              # require </think> for reward 1: yes | no | auto (R1 template)
@@ -79,7 +89,9 @@ class Config:
     updates_per_step: int = 2        # optimizer steps per rollout batch (mini-batches)
     clip_low: float = 0.2            # PPO clip below 1
     clip_high: float = 0.2           # PPO clip above 1 (DAPO's clip-higher: 0.28)
-    kl_coef: float = 0.001           # k3 KL to the initial policy; 0 also skips the reference model
+    kl_coef: float = 0.001           # k3 KL to the reference (the stage's first weights); 0 skips the reference
+    keep_initial_ref: bool = False   # at a stage switch keep --model as KL reference (DeepScaleR: the switch's policy)
+    keep_optimizer: bool = False     # at a stage switch keep AdamW's state (DeepScaleR: a fresh optimizer)
     entropy_coef: float = 0.001      # entropy bonus
     loss_agg: str = "token-mean"     # token-mean | seq-mean-token-mean | seq-mean-token-sum-norm
     scale_adv: bool = True           # divide advantages by the group std (off: Dr. GRPO)
@@ -90,6 +102,7 @@ class Config:
     sft_steps: int = 0               # supervised warm-up steps on the records' solutions first
     sft_lr: float = 1e-5             # warm-up learning rate, decaying linearly to 0
     sft_batch: int = 64              # sequences per warm-up step
+    sft_guided: bool = True          # warm up on polish.py's answer-guided chains too (not only free ones)
     steps: int = 1000                # GRPO steps
     seed: int = 0
     # --- logging, evaluation, checkpoints
@@ -161,6 +174,14 @@ def parse_config(argv) -> tuple[Config, set]:
     problem = range_problem(cfg)
     if problem:
         ap.error(problem)
+    if cfg.schedule:
+        try:
+            first = parse_schedule(cfg.schedule)[0]
+        except ValueError as e:
+            ap.error(str(e))
+        if {"ctx", "samples"} & set(given):
+            ap.error("--schedule sets ctx and samples per stage: drop --ctx and --samples")
+        cfg.ctx, cfg.samples = first.ctx, first.samples   # config.json then shows the first stage's
     return cfg, set(given)
 
 
@@ -199,6 +220,66 @@ def range_problem(cfg: Config) -> str:
         return (f"--pass-rate-min and --pass-rate-max must satisfy 0 <= min < max <= 1, "
                 f"not {cfg.pass_rate_min} and {cfg.pass_rate_max}")
     return ""
+
+
+# ----------------------------------------------------------------------------- context stages
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of --schedule. DeepScaleR launched each by hand from the last one's checkpoint,
+    which became both the policy and the KL reference, with a fresh optimizer."""
+    first: int                 # completed GRPO steps before the stage begins (it runs step first + 1 on)
+    ctx: int                   # response budget in tokens within the stage
+    samples: int               # completions per prompt within the stage
+
+    def __str__(self):
+        return f"{self.first}:{self.ctx}:{self.samples}"
+
+
+def parse_schedule(text: str) -> list[Stage]:
+    """--schedule "0:8192:8,1040:16384:16" as Stages; a ValueError naming the first bad entry."""
+    stages = []
+    for i, entry in enumerate(text.split(","), 1):
+        where = f"--schedule entry {i} {entry.strip()!r}"
+        parts = [p.strip() for p in entry.split(":")]
+        if len(parts) != 3 or not all(re.fullmatch(r"-?\d+", p) for p in parts):
+            raise ValueError(f"{where} must be FIRST_STEP:CTX:SAMPLES, three integers")
+        stage = Stage(*map(int, parts))
+        if stage.ctx < 1:
+            raise ValueError(f"{where}: ctx must be >= 1, not {stage.ctx}")
+        if stage.samples < 2:   # as --samples: a group of one has no spread, its advantage is always 0
+            raise ValueError(f"{where}: samples must be >= 2, not {stage.samples}")
+        if not stages and stage.first != 0:
+            raise ValueError(f"{where}: the first stage must start at step 0, not {stage.first}")
+        if stages and stage.first <= stages[-1].first:
+            raise ValueError(f"{where}: steps must increase, and {stage.first} is not after {stages[-1].first}")
+        stages.append(stage)
+    return stages
+
+
+def schedule_of(cfg) -> list[Stage]:
+    """The run's stages: --schedule, or one stage of --ctx and --samples."""
+    return parse_schedule(cfg.schedule) if cfg.schedule else [Stage(0, cfg.ctx, cfg.samples)]
+
+
+def stage_at(stages: list[Stage], done: int) -> int:
+    """The index of the stage that runs the step after `done` completed steps."""
+    return max(k for k, s in enumerate(stages) if s.first <= done)
+
+
+def fmt_stages(stages: list[Stage]) -> str:
+    """Stages as --schedule spells them."""
+    return ",".join(map(str, stages)) or "none"
+
+
+def describe_stages(stages: list[Stage], steps: int) -> str:
+    """The schedule in one line: the steps each stage runs, or that --steps ends before it."""
+    parts = []
+    for k, s in enumerate(stages):
+        end = min(stages[k + 1].first if k + 1 < len(stages) else steps, steps)
+        span = f"steps {s.first + 1}-{end}" if s.first < steps else f"after --steps {steps}, not reached"
+        parts.append(f"{k}) {s.ctx} tokens x {s.samples} samples, {span}")
+    return "stages: " + "; ".join(parts)
 
 
 # Without CUDA the policy samples itself (amp is off, so there is no bf16 copy to keep in sync).
@@ -342,7 +423,7 @@ class Rollout(Sequence):
     group: int                 # which prompt of this rank's batch (refill round r adds r * 1_000_000)
     text: str                  # the decoded reply, for the log's examples
     old_logp: list[float] | None = None   # log p before the update (PPO's old policy): store_old_and_ref_logprobs
-    ref_logp: list[float] | None = None   # log p under the initial weights (the KL's reference), if --kl-coef
+    ref_logp: list[float] | None = None   # log p under the stage's reference (the KL's), if --kl-coef
 
 
 @dataclass
@@ -364,14 +445,18 @@ class StepTimes:
 
 @dataclass
 class Run:
-    """What every step needs besides the models: the config, this rank's place, the tokenizer."""
-    cfg: Config
+    """What every step needs besides the models: the config, this rank's place, the tokenizer,
+    the stage."""
+    cfg: Config                # the config as the current stage sees it (its ctx and samples)
     rank: int                  # this process's index among the ranks (0 without torchrun)
     world: int                 # how many ranks (1 without torchrun)
     device: torch.device
     amp: bool                  # bf16 autocast and a bf16 sampling copy (CUDA and --amp)
     tok: Tokenizer
     require_think: bool        # reward 1 needs </think> before the answer (R1 chat template)
+    stages: list = field(default_factory=list)   # the Stages of --schedule (one without it)
+    stage: int = 0             # the index of the stage now running
+    kv_budget: int = 0         # the sampler's KV bytes, fixed at the run's first step; 0: not yet
 
 
 @dataclass
@@ -380,12 +465,14 @@ class Models:
     policy: Transformer        # fp32 weights AdamW updates; saved in checkpoints
     ddp: torch.nn.Module       # the policy under DDP (the policy itself in one process): forward + backward
     sampler: Transformer       # what generates: the policy itself, or a bf16 copy re-synced after each update
-    ref: Transformer | None    # the initial weights, for the KL term; None when --kl-coef is 0
+    ref: Transformer | None    # the stage's first weights, for the KL term; None when --kl-coef is 0
+    ref_step: int = 0          # the reference is the policy after this many steps (a stage switch); 0: --model
+    ref_dir: str = ""          # a folder already holding the reference's weights (hard-linked into checkpoints)
 
 
 # ----------------------------------------------------------------------------- rollouts
 
-def rollout(sampler, tok, recs, cfg, seed, require_think) -> tuple[list[Rollout], float]:
+def rollout(sampler, tok, recs, cfg, seed, require_think, kv_budget=None) -> tuple[list[Rollout], float]:
     """GRPO's samples and advantages for one batch of prompts: cfg.samples completions o_1..o_G of
     each prompt from the live weights, their rewards R_i, and A_i = (R_i - mean_G R) / (std_G R + eps)
     (R_i - mean_G R with --no-scale-adv).
@@ -395,8 +482,7 @@ def rollout(sampler, tok, recs, cfg, seed, require_think) -> tuple[list[Rollout]
     enter("sampling")
     prompts = [r["prompt_ids"] for r in recs]
     outs = generate(sampler, prompts, n=cfg.samples, max_new_tokens=cfg.ctx, temperature=cfg.temperature,
-                    top_p=cfg.top_p, seed=seed, kv_budget=int(cfg.kv_gib * 2**30) or None,
-                    cuda_graphs=cfg.cuda_graphs)
+                    top_p=cfg.top_p, seed=seed, kv_budget=kv_budget, cuda_graphs=cfg.cuda_graphs)
     enter("grading")
     t0 = time.time()
     refs = [reference_answers(r) for r in recs for _ in range(cfg.samples)]
@@ -449,7 +535,8 @@ def collect_rollouts(run: Run, models: Models, recs: list, data_pos: int, step: 
             time.sleep(24 * 3600)
         t0 = time.time()
         got, grade_s = rollout(models.sampler, run.tok, shard(batch, run.rank, run.world), cfg,
-                               seed=rollout_seed(cfg.seed, step, rounds, run.rank), require_think=run.require_think)
+                               seed=rollout_seed(cfg.seed, step, rounds, run.rank), require_think=run.require_think,
+                               kv_budget=run.kv_budget or None)
         times.sample_s += time.time() - t0 - grade_s
         times.grade_s += grade_s
         if cfg.dynamic_sampling:
@@ -683,12 +770,13 @@ def step_metrics(run: Run, rollouts: list[Rollout], update: Update, times: StepT
                 clip_frac=means["clip_frac"], grad_norm=sum(update.grad_norms) / len(update.grad_norms),
                 loss=means["loss"], tok_per_s=tot["tokens"] / max(1e-9, times.sample_s), sample_s=times.sample_s,
                 grade_s=times.grade_s, train_s=times.train_s, step_s=time.time() - times.start,
-                skipped=update.skipped, data_pos=data_pos)
+                skipped=update.skipped, data_pos=data_pos, stage=run.stage, ctx=run.cfg.ctx,
+                samples=run.cfg.samples)
 
 
 def log_line(row: dict) -> str:
     """The step's one line on stdout."""
-    return (f"step {row['step']:>5} | reward {row['reward']:.3f} acc {row['accuracy']:.3f} | len "
+    return (f"step {row['step']:>5} stage {row['stage']} | reward {row['reward']:.3f} acc {row['accuracy']:.3f} | len "
             f"{row['len_mean']:.0f}/{row['len_max']} trunc {100 * row['truncated']:.0f}% zero-var "
             f"{100 * row['zero_var']:.0f}% | ent {row['entropy']:.3f} kl {row['kl']:.4f} clip "
             f"{row['clip_frac']:.3f} gnorm {row['grad_norm']:.3f} | {row['tok_per_s']:.0f} tok/s | "
@@ -723,12 +811,12 @@ def open_wandb(cfg: Config, rank: int):
 # ----------------------------------------------------------------------------- evaluation
 
 @torch.no_grad()
-def run_eval(sampler, tok, recs, cfg, require_think, rank, world) -> dict:
+def run_eval(sampler, tok, recs, cfg, require_think, rank, world, kv_budget=None) -> dict:
     """sample.evaluate on the held-out set (every rank gets the summary): pass@1 with its 95% CI,
     mean length, truncation rate."""
     _, s = evaluate(sampler, tok, recs, n=cfg.eval_samples, require_think=require_think, rank=rank,
                     world=world, max_new_tokens=cfg.ctx, temperature=cfg.eval_temperature,
-                    top_p=cfg.eval_top_p, seed=cfg.seed, kv_budget=int(cfg.kv_gib * 2**30) or None)
+                    top_p=cfg.eval_top_p, seed=cfg.seed, kv_budget=kv_budget)
     return s
 
 
@@ -741,7 +829,7 @@ def evaluate_heldout(run: Run, sampler, recs: list, when: str, row: dict | None 
     """Not part of the objective: held-out pass@1 of the live weights, printed (and added to the
     step's row when given). Collective: every rank calls it. Returns pass@1."""
     enter("eval")
-    s = run_eval(sampler, run.tok, recs, run.cfg, run.require_think, run.rank, run.world)
+    s = run_eval(sampler, run.tok, recs, run.cfg, run.require_think, run.rank, run.world, run.kv_budget or None)
     if row is not None:
         row.update(eval_accuracy=s["pass@1"], eval_ci95=s["pass@1_ci95"], eval_len_mean=s["mean_length"],
                    eval_truncated=s["truncated"])
@@ -769,8 +857,9 @@ def retire(path: str):
     shutil.rmtree(trash, ignore_errors=True)
 
 
-def save_checkpoint(model, opt, cfg, step, data_pos, tok_dir) -> str:
-    """checkpoints/step_N: the policy in HF format + tokenizer + trainer_state.pt.
+def save_checkpoint(model, opt, cfg, step, data_pos, tok_dir, extra=None, ref=None, ref_dir="") -> str:
+    """checkpoints/step_N: the policy in HF format + tokenizer + trainer_state.pt (with `extra`),
+    and reference/ with `ref`'s weights when given (see save_reference).
 
     Ctrl-C or a crash at any line leaves every complete checkpoint complete: the new one is
     written as step_N.tmp and renamed into place whole, and the ones pruned beyond --keep (or an
@@ -784,17 +873,35 @@ def save_checkpoint(model, opt, cfg, step, data_pos, tok_dir) -> str:
         if name.endswith((".tmp", ".old")):
             shutil.rmtree(os.path.join(root, name), ignore_errors=True)
     model.save_pretrained(tmp)
+    if ref is not None:
+        save_reference(ref, ref_dir, os.path.join(tmp, "reference"))
     for name in ("tokenizer.json", "tokenizer_config.json"):
         if os.path.isfile(os.path.join(tok_dir, name)):
             shutil.copy(os.path.join(tok_dir, name), tmp)
     torch.save({"step": step, "data_pos": data_pos, "optimizer": opt.state_dict(), "config": asdict(cfg),
-                "rng": torch.get_rng_state()}, os.path.join(tmp, "trainer_state.pt"))
+                "rng": torch.get_rng_state(), **(extra or {})}, os.path.join(tmp, "trainer_state.pt"))
     if os.path.isdir(final):   # this step saved before: a run resumed from an earlier checkpoint
         retire(final)
     os.replace(tmp, final)     # the only way a checkpoint appears, whole
     for old in complete_checkpoints(root)[:-cfg.keep]:
         retire(os.path.join(root, old))
     return final
+
+
+def save_reference(ref, have: str, dest: str):
+    """A later stage's KL reference (the policy at its switch) into a checkpoint, which is the only
+    place a resumed run can find it once the switch's own checkpoint is pruned. Hard links to a
+    folder that already holds it (the stage's previous checkpoint) keep one copy on disk however
+    many checkpoints share it; without one, or where links fail, it is written."""
+    if have and os.path.isdir(have):
+        try:
+            os.makedirs(dest)
+            for name in os.listdir(have):
+                os.link(os.path.join(have, name), os.path.join(dest, name))
+            return
+        except OSError:   # another filesystem, or no hard links there: write a copy instead
+            shutil.rmtree(dest, ignore_errors=True)
+    ref.save_pretrained(dest)
 
 
 def find_resume(cfg) -> str:
@@ -899,29 +1006,50 @@ def use_toy(cfg: Config, rank: int, world: int):
     cfg.eval_data = cfg.eval_data or heldout_path
 
 
-def load_problems(path: str, cfg: Config, tok) -> list[dict]:
+def load_problems(path: str, cfg: Config, tok) -> tuple[list[dict], list[dict]]:
     """The usable records of a problem file, each with its prompt_ids: duplicates, prompts over
     --prompt-budget and (in the training file) problems whose polish pass rate is outside
-    (--pass-rate-min, --pass-rate-max) are dropped and counted."""
+    (--pass-rate-min, --pass-rate-max) are dropped and counted. Returns (kept, within_budget):
+    GRPO's problems, and every problem within the prompt budget before the pass-rate filter.
+    The second is the warm-up's pool: a problem only an answer-guided chain solved has pass
+    rate 0, which the filter drops from GRPO, yet its chain is a demonstration."""
     try:
         recs = dedupe(load_records(path))
     except (FileNotFoundError, ImportError) as e:   # DataError: clean_exit prints it
         raise SystemExit(f"train.py: error: {e}") from None
-    kept, long = [], 0
+    kept, within_budget, long = [], [], 0
     for r in recs:
-        pr = (r.get("polish") or {}).get("pass_rate")
-        if pr is not None and not (cfg.pass_rate_min < pr < cfg.pass_rate_max) and path == cfg.data:
-            continue
         r["prompt_ids"] = prompt_ids(tok, r["problem"])
         if len(r["prompt_ids"]) > cfg.prompt_budget:
             long += 1
+            continue
+        within_budget.append(r)
+        pr = (r.get("polish") or {}).get("pass_rate")
+        if pr is not None and not (cfg.pass_rate_min < pr < cfg.pass_rate_max) and path == cfg.data:
             continue
         kept.append(r)
     print0(f"{path}: {len(recs)} problems, {len(kept)} kept ({long} over the {cfg.prompt_budget}-token "
            f"prompt budget, {len(recs) - len(kept) - long} filtered by pass rate)")
     if not kept:
         raise SystemExit(f"{path}: no usable problems")
-    return kept
+    return kept, within_budget
+
+
+def demonstration_source(rec: dict) -> str:
+    """Where a record's solution comes from: "input" (no polish.py pass: the data's own), or
+    polish.py's method: "free", "guided" or "none" (no accepted chain; the input's solution,
+    which the dataset card calls unfit: empty or a short summary)."""
+    meta = rec.get("polish")
+    if not isinstance(meta, dict):
+        return "input"
+    return polish_method(meta)
+
+
+def warm_up_pool(recs: list[dict], sft_guided: bool) -> list[dict]:
+    """The records the warm-up imitates: those with a solution, from the input or an accepted
+    polish.py chain; answer-guided chains only with --sft-guided."""
+    allowed = {"input", "free"} | ({"guided"} if sft_guided else set())
+    return [r for r in recs if r.get("solution") and demonstration_source(r) in allowed]
 
 
 def resume_point(cfg: Config, rank: int) -> tuple[str, dict | None]:
@@ -932,22 +1060,65 @@ def resume_point(cfg: Config, rank: int) -> tuple[str, dict | None]:
         return cfg.model, None
     src = find_resume(cfg)
     state = torch.load(os.path.join(src, "trainer_state.pt"), map_location="cpu", weights_only=False)
+    changes, refusal = resume_changes(state, src, cfg)
+    if refusal:   # before metrics.jsonl is touched
+        raise SystemExit(f"train.py: error: cannot resume from {src}: {refusal}")
     torch.set_rng_state(state["rng"])
     if rank == 0:
         truncate_metrics(cfg.out, state["step"])
-    print0(f"resuming from {src} at step {state['step']} (ctx {state['config']['ctx']} -> {cfg.ctx})")
+    print0(f"resuming from {src} at step {state['step']}" + "".join(f"\n  changed: {c}" for c in changes))
     return src, state
 
 
-def load_models(run: Run, src: str) -> Models:
-    """The policy from src in fp32 (AdamW needs it), the reference from --model (bf16 on GPU) when
-    the KL term is on, a bf16 sampling copy on GPU, and the DDP wrapper under torchrun."""
+# Flags a resumed run may change without a word: how long, how often and where it runs. ctx,
+# samples and schedule are compared as stages, kv_gib on its own (resume_changes).
+RUN_CONTROL = {"out", "resume", "steps", "save_every", "keep", "eval_every", "eval_samples", "eval_temperature",
+               "eval_top_p", "show_every", "max_bad_steps", "collective_timeout_s", "wandb", "sft_steps",
+               "sft_lr", "sft_batch", "ctx", "samples", "schedule", "kv_gib"}
+
+
+def resume_changes(state: dict, src: str, cfg: Config) -> tuple[list[str], str]:
+    """What a resumed run changes of the run it continues ("--flag old -> new"), and why it cannot
+    continue ("" when it can). Stages that have begun are history: their ctx, samples and KL
+    reference stay as they ran. Stages still to come, and the other flags, may change (a run
+    without --schedule may still change --ctx and --samples, the manual staging of old)."""
+    names = {f.name for f in fields(Config)}
+    old = replace(Config(), **{k: v for k, v in state["config"].items() if k in names})
+    changed = [f"--{k.replace('_', '-')} {getattr(old, k)!r} -> {getattr(cfg, k)!r}"
+               for k in sorted(names - RUN_CONTROL) if getattr(old, k) != getattr(cfg, k)]
+    old_stages, new_stages = schedule_of(old), schedule_of(cfg)
+    if old_stages != new_stages:
+        changed.append(f"stages {fmt_stages(old_stages)} -> {fmt_stages(new_stages)}")
+    step = state["step"]
+    old_begun = [s for s in old_stages if s.first < step]
+    new_begun = [s for s in new_stages if s.first < step]
+    if old_begun != new_begun and (old.schedule or cfg.schedule):
+        return changed, (f"by step {step} it had begun the stages {fmt_stages(old_begun)}, and --schedule now says "
+                         f"{fmt_stages(new_begun)}: only stages still to come can change")
+    k = state.get("stage", 0)
+    need = 0 if k == 0 or cfg.keep_initial_ref else new_stages[k].first
+    held = os.path.isdir(os.path.join(src, "reference"))
+    if cfg.kl_coef and need and (state.get("ref_step", 0) != need or not held):
+        return changed, (f"stage {k}'s KL reference is the policy after step {need}, and the checkpoint holds no "
+                         f"copy of it (its run had --kl-coef 0 or --keep-initial-ref): resume with "
+                         f"--keep-initial-ref or --kl-coef 0")
+    if state.get("kv_budget") and cfg.kv_gib != old.kv_gib:
+        changed.append(f"--kv-gib {old.kv_gib:g} -> {cfg.kv_gib:g} ignored: sampling keeps the run's KV budget of "
+                       f"{state['kv_budget'] / 2**30:.3g} GiB, so that rollouts repeat exactly")
+    return changed, ""
+
+
+def load_models(run: Run, src: str, ref_step: int = 0) -> Models:
+    """The policy from src in fp32 (AdamW needs it), the reference (bf16 on GPU) when the KL term
+    is on: --model, or src's reference/ when a stage switch after ref_step steps made it; a bf16
+    sampling copy on GPU, and the DDP wrapper under torchrun."""
     cfg, device = run.cfg, run.device
     policy = Transformer.from_pretrained(src, device=device, dtype=torch.float32)
     policy.gradient_checkpointing = cfg.grad_ckpt
     ref = None
+    ref_src = os.path.join(src, "reference") if ref_step else cfg.model
     if cfg.kl_coef:
-        ref = Transformer.from_pretrained(cfg.model, device=device, dtype=torch.bfloat16 if run.amp else torch.float32)
+        ref = Transformer.from_pretrained(ref_src, device=device, dtype=torch.bfloat16 if run.amp else torch.float32)
         ref.requires_grad_(False)
     sampler = policy
     if run.amp or SAMPLER_COPY:
@@ -958,23 +1129,27 @@ def load_models(run: Run, src: str) -> Models:
                                                         else None)
     print0(f"policy {policy.num_params() / 1e6:.1f}M params on {device} x {run.world}; sampling in "
            f"{'bf16' if sampler is not policy else 'fp32'}; reward requires </think>: {run.require_think}")
-    return Models(policy=policy, ddp=ddp, sampler=sampler, ref=ref)
+    return Models(policy=policy, ddp=ddp, sampler=sampler, ref=ref, ref_step=ref_step,
+                  ref_dir=ref_src if ref is not None and ref_step else "")
 
 
-def warm_up(run: Run, models: Models, train_recs: list):
+def warm_up(run: Run, models: Models, pool: list):
     """Supervised steps on the records' solutions before GRPO (not part of its objective: they
     teach the toy's random policy the answer format, so that some rewards are 1 from the start).
     Learning rate --sft-lr decaying linearly to 0; its AdamW state is dropped afterwards."""
     cfg = run.cfg
     enter("warm-up")
-    sft_recs = [r for r in train_recs if r.get("solution")]
+    sft_recs = warm_up_pool(pool, cfg.sft_guided)
     if not sft_recs:
-        raise SystemExit(f"--sft-steps {cfg.sft_steps}: no record of {cfg.data} has a solution")
+        raise SystemExit(f"--sft-steps {cfg.sft_steps}: no record of {cfg.data} has a solution to imitate")
+    used = Counter()   # demonstrations by source over all ranks' batches (every rank draws the same batch)
     opt = torch.optim.AdamW(models.policy.parameters(), lr=cfg.sft_lr, weight_decay=0.0)
     eos = run.tok.eos_ids[:1]
     models.policy.train()
     for k in range(cfg.sft_steps):
-        pick = shard(take(sft_recs, cfg.seed, k * cfg.sft_batch, cfg.sft_batch), run.rank, run.world)
+        batch = take(sft_recs, cfg.seed, k * cfg.sft_batch, cfg.sft_batch)
+        used.update(demonstration_source(r) for r in batch)
+        pick = shard(batch, run.rank, run.world)
         seqs = [Sequence(prompt=r["prompt_ids"], tokens=run.tok.encode(r["solution"]) + eos) for r in pick]
         m = train_minibatch(models.ddp, models.policy, seqs, cfg, run.device, run.world, run.amp, sft=True)
         for group in opt.param_groups:   # linear decay to 0: the last steps settle instead of bouncing
@@ -982,16 +1157,71 @@ def warm_up(run: Run, models: Models, train_recs: list):
         optimizer_step(models.policy, opt, cfg.grad_clip)
         if k % 20 == 0 or k == cfg.sft_steps - 1:   # every rank reaches here: the sum is collective
             print0(f"warm-up {k + 1}/{cfg.sft_steps}: loss {token_means(m, run.world, run.device)['loss']:.3f}")
+    print0("warm-up demonstrations by source: " + ", ".join(f"{src} {n:,}" for src, n in sorted(used.items())))
     sync_sampler(models)
 
 
-def save_step(run: Run, policy, opt, step: int, data_pos: int):
-    """Rank 0 writes checkpoints/step_N; the others wait for it (collective)."""
+def save_step(run: Run, models: Models, opt, step: int, data_pos: int):
+    """Rank 0 writes checkpoints/step_N; the others wait for it (collective). Beside the policy: the
+    stage and where its reference came from, and a switch's reference weights (--model's are not
+    copied), so that a resume rebuilds the stage exactly."""
     enter("checkpoint")
     if run.rank == 0:
-        print0(f"saved {save_checkpoint(policy, opt, run.cfg, step, data_pos, run.cfg.model)}")
+        holds_ref = models.ref is not None and models.ref_step > 0
+        extra = dict(stage=run.stage, ref_step=models.ref_step, kv_budget=run.kv_budget)
+        path = save_checkpoint(models.policy, opt, run.cfg, step, data_pos, run.cfg.model, extra=extra,
+                               ref=models.ref if holds_ref else None, ref_dir=models.ref_dir)
+        if holds_ref:
+            models.ref_dir = os.path.join(path, "reference")
+        print0(f"saved {path}")
     if run.world > 1:
         dist.barrier()
+
+
+def enter_stage(run: Run, models: Models, opt, base: Config, done: int):
+    """Before each step: the stage that runs it (base is the run's config). At a switch, as
+    DeepScaleR's hand-launched stages did, the policy so far becomes the KL reference (unless
+    --keep-initial-ref) and AdamW starts afresh (unless --keep-optimizer); ctx and samples
+    change. Returns the optimizer to use from now on."""
+    k = stage_at(run.stages, done)
+    if k == run.stage:
+        return opt
+    old, new = run.stages[run.stage], run.stages[k]
+    run.stage = k
+    run.cfg = replace(base, ctx=new.ctx, samples=new.samples)
+    said = [f"ctx {old.ctx} -> {new.ctx}", f"samples {old.samples} -> {new.samples}"]
+    if not base.keep_initial_ref:
+        models.ref_step = done
+        models.ref_dir = ""   # the new reference is on no disk yet
+        if models.ref is not None:   # in place: the same dtype and device, no second copy in memory
+            models.ref.load_state_dict(models.policy.state_dict())
+        said.append(f"KL reference = the policy after step {done}")
+    if not base.keep_optimizer:
+        opt = torch.optim.AdamW(models.policy.parameters(), lr=base.lr, weight_decay=base.weight_decay)
+        said.append("fresh AdamW")
+    print0(f"stage {k} from step {done + 1}: " + ", ".join(said))
+    return opt
+
+
+def fix_kv_budget(run: Run, models: Models, opt, state: dict | None) -> int:
+    """The sampler's KV bytes for the whole run. The rows decoded together follow from it and the
+    sampled tokens from the rows (uniforms are drawn per chunk of rows), so a resumed run takes the
+    budget its run fixed at the first step, whatever --kv-gib or free memory it finds now: its
+    rollouts then repeat exactly. A fresh run takes --kv-gib, or sample.py's default (60% of free
+    GPU memory) less 60% of what AdamW's first step will still allocate; the least over ranks."""
+    if state is not None and state.get("kv_budget"):
+        return state["kv_budget"]
+    if run.cfg.kv_gib:
+        budget = int(run.cfg.kv_gib * 2**30)
+    else:
+        budget = default_kv_budget(run.device)
+        if run.device.type == "cuda" and not opt.state:   # AdamW's two fp32 moments per parameter, still to come
+            budget -= int(0.6 * 2 * sum(p.numel() * p.element_size() for p in models.policy.parameters()))
+    least = torch.tensor([budget], dtype=torch.int64, device=run.device)
+    if run.world > 1:
+        dist.all_reduce(least, op=dist.ReduceOp.MIN)
+    print0(f"sampling KV budget {int(least) / 2**30:.3g} GiB, fixed for the run (rollouts depend on it)")
+    return int(least)
 
 
 def finish(run: Run, models: Models, metrics_f, before, after):
@@ -1025,30 +1255,37 @@ def main(argv=None):
         os.makedirs(cfg.out, exist_ok=True)
         if not cfg.model:
             use_toy(cfg, rank, world)
-        if rank == 0:
-            with open(os.path.join(cfg.out, "config.json"), "w") as f:
-                json.dump(asdict(cfg), f, indent=2)
 
         # --- data: each problem's prompt tokenized once
         tok = Tokenizer.from_pretrained(cfg.model)
         run = Run(cfg=cfg, rank=rank, world=world, device=device, amp=cfg.amp and device.type == "cuda",
-                  tok=tok, require_think=requires_think(cfg.think, tok.chat_template))
-        train_recs = load_problems(cfg.data, cfg, tok)
-        eval_recs = load_problems(cfg.eval_data, cfg, tok) if cfg.eval_data and cfg.eval_every > 0 else []
+                  tok=tok, require_think=requires_think(cfg.think, tok.chat_template), stages=schedule_of(cfg))
+        if len(run.stages) > 1:
+            print0(describe_stages(run.stages, cfg.steps))
+        train_recs, sft_pool = load_problems(cfg.data, cfg, tok)
+        eval_recs = load_problems(cfg.eval_data, cfg, tok)[0] if cfg.eval_data and cfg.eval_every > 0 else []
 
         # --- models: the policy, its sampling copy and the reference, from --model or a checkpoint
         src, state = resume_point(cfg, rank)
+        if rank == 0:   # after resume_point: a refused resume leaves the run folder as it was
+            with open(os.path.join(cfg.out, "config.json"), "w") as f:
+                json.dump(asdict(cfg), f, indent=2)
         start_step, data_pos = (state["step"], state["data_pos"]) if state else (0, 0)
-        models = load_models(run, src)
+        # the stage of the last step done (a switch right at the resume point happens in the loop)
+        run.stage = state.get("stage", 0) if state else 0
+        run.cfg = replace(cfg, ctx=run.stages[run.stage].ctx, samples=run.stages[run.stage].samples)
+        ref_step = 0 if state is None or cfg.keep_initial_ref else state.get("ref_step", 0)
+        models = load_models(run, src, ref_step=ref_step)
         PROGRESS.weights = src
 
         # --- supervised warm-up (a fresh run only), then GRPO's optimizer
         if cfg.sft_steps and state is None:
-            warm_up(run, models, train_recs)
+            warm_up(run, models, sft_pool)
             PROGRESS.weights = f"{src} after the {cfg.sft_steps}-step warm-up"
         opt = torch.optim.AdamW(models.policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         if state is not None:
             opt.load_state_dict(state["optimizer"])
+        run.kv_budget = fix_kv_budget(run, models, opt, state)
         before = after = None
         if eval_recs and start_step == 0:
             before = evaluate_heldout(run, models.sampler, eval_recs, "before GRPO")
@@ -1059,6 +1296,8 @@ def main(argv=None):
         bad = 0   # consecutive steps with an optimizer step skipped for a non-finite gradient
         for step in range(start_step, cfg.steps):
             PROGRESS.step = step + 1
+            # 0) the step's stage: at a switch, new ctx and samples, the reference and AdamW afresh
+            opt = enter_stage(run, models, opt, cfg, step)
             times = StepTimes()
             # 1) rollouts: cfg.samples completions per prompt from the live weights, graded, advantages per group
             rollouts, data_pos = collect_rollouts(run, models, train_recs, data_pos, step, times)
@@ -1086,12 +1325,23 @@ def main(argv=None):
                                  "lower --lr or check the data")
             # 6) a checkpoint on its schedule and at the end
             if cfg.save_every and ((step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps):
-                save_step(run, models.policy, opt, step + 1, data_pos)
+                save_step(run, models, opt, step + 1, data_pos)
         finish(run, models, metrics_f, before, after)
 
 
+def stage_switches(rows: list[dict]) -> list[tuple[int, str]]:
+    """Where a metrics.jsonl's stage changes: (completed steps before the new stage, its label).
+    Rows written before stages were logged have none."""
+    marks = []
+    for prev, row in zip(rows, rows[1:]):
+        if "stage" in prev and row.get("stage") != prev["stage"]:
+            marks.append((row["step"] - 1, f"stage {row['stage']}: {row['ctx']} x {row['samples']}"))
+    return marks
+
+
 def plot(run_dir: str):
-    """Draw reward, accuracy, length, entropy and KL from RUN_DIR/metrics.jsonl to curves.png."""
+    """Draw reward, accuracy, length, entropy and KL from RUN_DIR/metrics.jsonl to curves.png, with
+    a dashed line at each stage switch."""
     path = os.path.join(run_dir, "metrics.jsonl")
     if not os.path.isfile(path):
         raise SystemExit(f"{path}: no metrics (is {run_dir} a run folder?)")
@@ -1106,6 +1356,8 @@ def plot(run_dir: str):
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3))
     for ax, k in zip(axes, keys):
         ax.plot([r["step"] for r in rows], [r[k] for r in rows])
+        for x, label in stage_switches(rows):
+            ax.axvline(x + 0.5, color="gray", linestyle="--", linewidth=0.8, label=label)
         ax.set_title(k)
         ax.set_xlabel("step")
     fig.tight_layout()

@@ -61,6 +61,13 @@ TOKENIZER = "tests/test_tokenizer.py::"
 
 MUTANTS = [
     # ------------------------------------------------------------------ train.py
+    mutant("train.py", "    return kept, within_budget", "    return kept, kept",
+           LOOP + "test_warm_up_pool_takes_accepted_chains_and_guided_ones_on_request",
+           "the warm-up pool filtered by pass rate: guided chains (pass rate 0) never imitated"),
+    mutant("train.py", 'allowed = {"input", "free"} | ({"guided"} if sft_guided else set())',
+           'allowed = {"input", "free", "guided"}',
+           LOOP + "test_warm_up_pool_takes_accepted_chains_and_guided_ones_on_request",
+           "--no-sft-guided ignored"),
     mutant("train.py", "pick += range(start + P - 1, start + P - 1 + len(s.tokens))",
            "pick += range(start + P, start + P + len(s.tokens))",
            LOOP + "test_packed_logprobs_equal_the_samplers",

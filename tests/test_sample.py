@@ -299,9 +299,9 @@ def test_smollm2_greedy_equals_transformers():
 def test_default_kv_budget_frees_the_allocators_cache_first(monkeypatch):
     """On a GPU the budget is 60% of free memory, read after the allocator's cache is handed
     back (the device is faked here: the order of the two calls is what matters)."""
-    from sample import _default_budget
+    from sample import default_kv_budget
     free = [10 * 2**30]
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: free.__setitem__(0, 30 * 2**30))
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda d: (free[0], 80 * 2**30))
-    assert _default_budget(torch.device("cuda", 0)) == int(0.6 * 30 * 2**30)
-    assert _default_budget(torch.device("cpu")) == 4 * 2**30
+    assert default_kv_budget(torch.device("cuda", 0)) == int(0.6 * 30 * 2**30)
+    assert default_kv_budget(torch.device("cpu")) == 4 * 2**30

@@ -275,14 +275,14 @@ class Recorder:
         self.policy = None       # the policy module (train.main keeps it local)
 
     def rollout(self, real):
-        def wrapped(sampler, tok, recs, cfg, seed, require_think):
+        def wrapped(sampler, tok, recs, cfg, seed, require_think, kv_budget=None):
             """Check the sampling copy against the policy, then roll out as train.py does."""
             if self.policy is not None:
                 pairs = list(zip(sampler.parameters(), self.policy.parameters()))
                 same = all(torch.equal(a, b.detach().to(a.dtype)) for a, b in pairs)
                 self.synced.append((next(sampler.parameters()).dtype, sampler is not self.policy, same))
             self.prompts.append([r["prompt_ids"] for r in recs])
-            return real(sampler, tok, recs, cfg, seed, require_think)
+            return real(sampler, tok, recs, cfg, seed, require_think, kv_budget)
         return wrapped
 
     def train_minibatch(self, real):
@@ -392,3 +392,27 @@ def test_old_and_reference_logprobs_come_from_the_right_weights(run):
 def test_sampling_copy_equals_the_policy_after_every_update(run):
     rec, _, _ = run
     assert rec.synced == [(torch.bfloat16, True, True)] * (RUN_STEPS - 1)
+
+
+def test_warm_up_pool_takes_accepted_chains_and_guided_ones_on_request(tmp_path):
+    """The warm-up imitates the input's own solutions and polish.py's accepted chains; a problem
+    only a guided chain solved (pass rate 0) stays in its pool although the pass-rate filter drops
+    it from GRPO, and --no-sft-guided leaves guided chains out. A row polish.py found no chain for
+    keeps its unfit original solution: never imitated."""
+    import toy
+    from data import Tokenizer
+    rows = [dict(problem="1+1", answer="2", solution="raw"),
+            dict(problem="1+2", answer="3", solution="free chain", polish=dict(method="free", pass_rate=0.5)),
+            dict(problem="1+3", answer="4", solution="guided chain", polish=dict(method="guided", pass_rate=0.0)),
+            dict(problem="1+4", answer="5", solution="summary", polish=dict(method="none", pass_rate=0.0)),
+            dict(problem="1+5", answer="6", solution="old chain", polish=dict(polished=True, pass_rate=0.25))]
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    toy.write_tokenizer(str(tmp_path / "m"))
+    tok = Tokenizer.from_pretrained(str(tmp_path / "m"))
+    cfg = train.Config(data=str(path))
+    kept, pool = train.load_problems(str(path), cfg, tok)
+    assert [r["problem"] for r in kept] == ["1+1", "1+2", "1+5"]   # pass rates 0 filtered from GRPO
+    assert [r["solution"] for r in train.warm_up_pool(pool, True)] == ["raw", "free chain", "guided chain", "old chain"]
+    assert [r["solution"] for r in train.warm_up_pool(pool, False)] == ["raw", "free chain", "old chain"]
+    assert [train.demonstration_source(r) for r in pool] == ["input", "free", "guided", "none", "free"]
