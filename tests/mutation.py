@@ -156,8 +156,8 @@ MUTANTS = [
     mutant("train.py", 'start_step, data_pos = (state["step"], state["data_pos"]) if state else (0, 0)',
            'start_step, data_pos = (state["step"], 0) if state else (0, 0)',
            RESUME, "resume restarts the data from the beginning"),
-    mutant("train.py", "ref = Transformer.from_pretrained(cfg.model, device=device,",
-           "ref = Transformer.from_pretrained(src, device=device,",
+    mutant("train.py", 'ref_src = os.path.join(src, "reference") if ref_step else cfg.model',
+           'ref_src = os.path.join(src, "reference") if ref_step else src',
            RESUME, "after a resume the reference model is the checkpoint, not the initial policy"),
     # ------------------------------------------------------------------ grpo.py
     mutant("grpo.py", "centred = centred / (r.std(dim=1, unbiased=True, keepdim=True) + eps)",
