@@ -53,7 +53,7 @@ loaded. Bad input or model files, and a model whose logits are not finite (NaN w
 the run with one line naming the file or folder (data.clean_exit; DEBUG=1: the traceback).
 
 Crash safety: each rank appends finished rows to OUT-stem.rankR-of-W.jsonl, one os.write per row
-(fsync at the end of every generate call and at least every minute). A restart reads OUT and
+(fsync at the end of every generate call, and at least once a minute while rows are written). A restart reads OUT and
 every part (any world size), skips problems that have a row, and cuts a torn last line off its
 own part. A problem that enters the guided pass also gets a `pending` line (its Tally, no
 chains) after its free rounds and after each guided round without an accepted chain, so a
@@ -83,7 +83,7 @@ import torch
 
 from data import (TEMPLATES, THINK_CHOICES, DataError, Tokenizer, clean_exit, dedupe, load_records, polish_report,
                   prompt_ids, reference_answers, requires_think, shard)
-from model import ModelConfig, ModelFileError, Transformer
+from model import ModelConfig, ModelFileError, Transformer, read_config
 from sample import KVCache, generate
 from verify import grade_batch, reward_of
 
@@ -745,8 +745,7 @@ def read_model_files(cfg: Config) -> tuple[Tokenizer, ModelConfig]:
     try:
         tok = Tokenizer.from_pretrained(cfg.model)
         tok.render_chat("", cfg.template or None)   # the checkpoint's own template must be one we know
-        with open(os.path.join(cfg.model, "config.json")) as f:
-            mcfg = ModelConfig.from_hf(json.load(f), where=os.path.join(cfg.model, "config.json"))
+        mcfg = read_config(cfg.model)   # the same reader as Transformer.from_pretrained (a BOM, any locale)
     except (FileNotFoundError, ValueError, KeyError) as e:
         raise model_error(cfg, e) from None
     return tok, mcfg
@@ -754,10 +753,7 @@ def read_model_files(cfg: Config) -> tuple[Tokenizer, ModelConfig]:
 
 def read_problems(cfg: Config) -> tuple[list, list]:
     """The deduplicated records of --data and their row ids."""
-    try:
-        recs = dedupe(load_records(cfg.data, cfg.skip_bad))
-    except (FileNotFoundError, ImportError) as e:
-        raise DataError(str(e)) from None
+    recs = dedupe(load_records(cfg.data, cfg.skip_bad))   # a missing file or pyarrow: DataError
     if not recs:
         raise DataError(f"{cfg.data}: no problems")
     return recs, [problem_id(i, r["problem"]) for i, r in enumerate(recs)]

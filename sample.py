@@ -620,7 +620,7 @@ def generate(model, prompts, n: int = 1, max_new_tokens: int = 256, temperature:
     if seed is None:
         gen.seed()
     else:
-        gen.manual_seed(seed)
+        gen.manual_seed(int(seed))   # a numpy integer is an Integral, but manual_seed wants an int
     samp = dict(temperature=temperature, top_p=top_p, top_k=top_k)
     # a chunk never runs more than max_new_tokens steps: no wider buffers than that
     dec = _Decoder(model, cache, min(check_every, max_new_tokens), samp, cuda_graphs)
@@ -834,10 +834,7 @@ def load_problems(a: argparse.Namespace, tok) -> tuple[list, list, int]:
     happens here, before the model loads: one 200 KB problem (~100K tokens) otherwise
     reserves its length in every KV row and spends minutes in a quadratic prefill before
     the first token. Tokenizing it takes milliseconds."""
-    try:
-        recs = load_records(a.data)
-    except (FileNotFoundError, ImportError) as e:
-        raise DataError(str(e)) from None
+    recs = load_records(a.data)   # a missing file or pyarrow: DataError, printed by clean_exit
     kept, where = [], []
     for i, r in enumerate(recs):
         ids = r.get("prompt_ids") or prompt_ids(tok, r["problem"], a.template)
@@ -914,8 +911,9 @@ def run(a: argparse.Namespace):
             evaluate_to_files(model, tok, a, recs, where, dropped, rank, world, kw)
     except FloatingPointError as e:      # NaN/inf logits: the weights in --model, not the data
         raise ModelFileError(f"--model {a.model}: {e}") from None
-    if world > 1:
-        dist.destroy_process_group()    # join gloo's threads while the interpreter is whole
+    finally:
+        if world > 1:
+            dist.destroy_process_group()    # join gloo's threads while the interpreter is whole, on any exit
 
 
 def main(argv=None):

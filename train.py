@@ -23,7 +23,9 @@ KV budget is fixed at the first step and kept on resume, because the rows it hol
 which random numbers each sample draws.
 
 Failing fast: a rank that waits `--collective-timeout-s` for another ends the run with one
-line naming the phase it was in (torchrun then stops the others, which name theirs); a
+line naming the phase it was in (torchrun then stops the others, which name theirs; that line
+is tested on gloo; on NCCL torch's watchdog may abort the waiting rank first, with its own
+message, still within the timeout); a
 non-finite first step or non-finite logits name the checkpoint; Ctrl-C ends with one line,
 and a checkpoint is only ever renamed into place whole, so `--resume auto` continues from the
 last one.
@@ -56,7 +58,7 @@ import grpo
 from data import (THINK_CHOICES, Tokenizer, clean_exit, dedupe, epoch_order, load_records, polish_method,
                   prompt_ids, reference_answers, requires_think, shard)
 from model import Transformer
-from sample import default_kv_budget, evaluate, generate, grade_completions
+from sample import KVCache, default_kv_budget, evaluate, generate, grade_completions
 
 
 @dataclass
@@ -72,7 +74,7 @@ class Config:
     prompt_budget: int = 1024        # longer prompts are dropped at load time (and counted)
     prompts_per_step: int = 128      # prompts per step over all ranks
     samples: int = 8                 # completions per prompt (the GRPO group)
-    schedule: str = ""               # FIRST_STEP:CTX:SAMPLES,... e.g. 0:8192:8,1040:16384:16; empty: --ctx, --samples
+    schedule: str = ""               # FIRST_STEP:CTX:SAMPLES,... (a stage runs from step FIRST_STEP + 1) e.g. 0:8192:8,1040:16384:16; empty: --ctx, --samples
     temperature: float = 0.6
     top_p: float = 1.0
     think: str = "auto"              # require </think> for reward 1: yes | no | auto (R1 template)
@@ -763,10 +765,10 @@ def step_metrics(run: Run, rollouts: list[Rollout], update: Update, times: StepT
     if run.world > 1:
         dist.all_reduce(longest, op=dist.ReduceOp.MAX)
     means = token_means(update.sums, run.world, run.device)   # over every rank's tokens, not rank 0's alone
-    n = tot["samples"]
+    n = max(1, tot["samples"])   # 0 only when dynamic sampling kept no group at all
     return dict(step=step + 1, reward=tot["reward"] / n, accuracy=tot["correct"] / n,
                 len_mean=tot["tokens"] / n, len_max=int(longest), truncated=tot["truncated"] / n,
-                zero_var=tot["zero_var"] / tot["groups"], entropy=means["entropy"], kl=means["kl"],
+                zero_var=tot["zero_var"] / max(1, tot["groups"]), entropy=means["entropy"], kl=means["kl"],
                 clip_frac=means["clip_frac"], grad_norm=sum(update.grad_norms) / len(update.grad_norms),
                 loss=means["loss"], tok_per_s=tot["tokens"] / max(1e-9, times.sample_s), sample_s=times.sample_s,
                 grade_s=times.grade_s, train_s=times.train_s, step_s=time.time() - times.start,
@@ -880,8 +882,10 @@ def save_checkpoint(model, opt, cfg, step, data_pos, tok_dir, extra=None, ref=No
             shutil.copy(os.path.join(tok_dir, name), tmp)
     torch.save({"step": step, "data_pos": data_pos, "optimizer": opt.state_dict(), "config": asdict(cfg),
                 "rng": torch.get_rng_state(), **(extra or {})}, os.path.join(tmp, "trainer_state.pt"))
-    if os.path.isdir(final):   # this step saved before: a run resumed from an earlier checkpoint
-        retire(final)
+    for name in complete_checkpoints(root):
+        if int(name.removeprefix("step_")) >= step:   # saved before a resume from an earlier checkpoint:
+            print(f"replacing {os.path.join(root, name)}, left by the run before the resume")   # another history
+            retire(os.path.join(root, name))
     os.replace(tmp, final)     # the only way a checkpoint appears, whole
     for old in complete_checkpoints(root)[:-cfg.keep]:
         retire(os.path.join(root, old))
@@ -1059,6 +1063,8 @@ def resume_point(cfg: Config, rank: int) -> tuple[str, dict | None]:
     if not cfg.resume:
         return cfg.model, None
     src = find_resume(cfg)
+    if not os.path.isfile(os.path.join(src, "trainer_state.pt")):
+        raise SystemExit(f"train.py: error: --resume {src}: not a checkpoint of train.py (no trainer_state.pt)")
     state = torch.load(os.path.join(src, "trainer_state.pt"), map_location="cpu", weights_only=False)
     changes, refusal = resume_changes(state, src, cfg)
     if refusal:   # before metrics.jsonl is touched
@@ -1210,6 +1216,7 @@ def fix_kv_budget(run: Run, models: Models, opt, state: dict | None) -> int:
     rollouts then repeat exactly. A fresh run takes --kv-gib, or sample.py's default (60% of free
     GPU memory) less 60% of what AdamW's first step will still allocate; the least over ranks."""
     if state is not None and state.get("kv_budget"):
+        refuse_budget_below_one_row(run, models, state["kv_budget"])
         return state["kv_budget"]
     if run.cfg.kv_gib:
         budget = int(run.cfg.kv_gib * 2**30)
@@ -1220,8 +1227,22 @@ def fix_kv_budget(run: Run, models: Models, opt, state: dict | None) -> int:
     least = torch.tensor([budget], dtype=torch.int64, device=run.device)
     if run.world > 1:
         dist.all_reduce(least, op=dist.ReduceOp.MIN)
+    refuse_budget_below_one_row(run, models, int(least))
     print0(f"sampling KV budget {int(least) / 2**30:.3g} GiB, fixed for the run (rollouts depend on it)")
     return int(least)
+
+
+def refuse_budget_below_one_row(run: Run, models: Models, budget: int):
+    """The fixed budget must hold one row of the longest stage (prompt budget + its ctx tokens):
+    found at start-up, not hours in at the switch to a longer stage, where a resume could not
+    raise it (the budget is part of the run's state)."""
+    longest = max(stage.ctx for stage in run.stages)
+    row = KVCache.bytes_per_row(models.policy.config, run.cfg.prompt_budget + longest,
+                                 next(models.sampler.parameters()).dtype)
+    if budget < row:
+        raise SystemExit(f"train.py: error: the sampling KV budget of {budget / 2**30:.3g} GiB holds no sequence of "
+                         f"the longest stage (prompt {run.cfg.prompt_budget} + ctx {longest} tokens need "
+                         f"{row / 2**30:.3g} GiB): raise --kv-gib, or lower --prompt-budget or the stage's ctx")
 
 
 def finish(run: Run, models: Models, metrics_f, before, after):
@@ -1313,6 +1334,7 @@ def main(argv=None):
             print0(log_line(row))
             if step == start_step:
                 refuse_broken_first_step(row, update.skipped)
+            PROGRESS.weights = f"the policy after step {step + 1} (from {src})"
             if (step + 1) % cfg.show_every == 0:
                 show_rollouts(tok, rollouts)
             # 5) held-out accuracy on its schedule and at the end, then the row is written

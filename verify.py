@@ -1384,6 +1384,22 @@ def shutdown() -> None:
         _idle.clear()
 
 
+def _forget_parents_workers() -> None:
+    """In a forked child: the parent's idle workers and spawner thread are the parent's (their
+    pipes are shared, so two processes could read one answer), and a lock held at the fork by
+    another parent thread would stay held. Start afresh; the workers are not killed, they are
+    still the parent's."""
+    global _spawner, _spawner_lock, _lock
+    _idle.clear()
+    _spawner = None
+    _spawner_lock = threading.Lock()
+    _lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_parents_workers)
+
+
 def _ask(w: _Worker, job: str, timeout: float) -> tuple:
     """Run one job (a JSON line): ((verdict, why), worker to use next). A timed-out or dead
     worker is replaced."""

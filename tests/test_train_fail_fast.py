@@ -235,3 +235,39 @@ def test_a_cut_short_checkpoint_write_or_prune_leaves_the_last_whole_one(tmp_pat
     assert train.find_resume(cfg) == str(root / "step_000002")
     train.save_checkpoint(model, opt, cfg, 3, 12, tok_dir=str(tmp_path))
     assert os.listdir(root) == ["step_000003"]
+
+
+def test_a_kv_budget_below_one_row_of_the_longest_stage_is_refused_before_step_1(task, tmp_path, capsys):
+    """The budget is fixed for the whole run, so one that cannot hold a sequence of a later,
+    longer stage must stop the run at start-up, not at the switch hours later."""
+    with pytest.raises(SystemExit) as e:
+        argv = flags(task, tmp_path / "run", "--kv-gib", "1e-6", "--schedule", "0:4:2,1:4096:2")
+        for flag in ("--ctx", "--samples"):   # the schedule sets both
+            i = argv.index(flag)
+            del argv[i:i + 2]
+        train.main(argv)
+    message = str(e.value.code)
+    assert "holds no sequence of the longest stage" in message and "ctx 4096" in message, message
+    assert not (tmp_path / "run" / "metrics.jsonl").exists() or not (tmp_path / "run" / "metrics.jsonl").read_text()
+
+
+def test_resume_from_a_folder_that_is_no_checkpoint_says_so(task, tmp_path):
+    (tmp_path / "not_a_checkpoint").mkdir()
+    with pytest.raises(SystemExit) as e:
+        train.main(flags(task, tmp_path / "run", "--resume", str(tmp_path / "not_a_checkpoint")))
+    assert "not a checkpoint of train.py (no trainer_state.pt)" in str(e.value.code)
+
+
+def test_a_save_after_resuming_from_an_earlier_checkpoint_replaces_the_later_ones(task, tmp_path):
+    """Resumed from step 1 while steps 2 and 3 exist: the new step 2 must not be pruned in favour
+    of the old run's step 3, which --resume auto would then pick."""
+    m = Transformer.from_pretrained(task[0])
+    opt = torch.optim.AdamW(m.parameters())
+    cfg = train.Config(out=str(tmp_path), keep=3)
+    for step in (1, 2, 3):
+        train.save_checkpoint(m, opt, cfg, step, 0, task[0])
+    cfg.keep = 1
+    train.save_checkpoint(m, opt, cfg, 2, 7, task[0])          # the run resumed from step 1 saves its step 2
+    root = tmp_path / "checkpoints"
+    assert train.complete_checkpoints(str(root)) == ["step_000002"]
+    assert torch.load(root / "step_000002" / "trainer_state.pt", weights_only=False)["data_pos"] == 7

@@ -348,3 +348,24 @@ def test_cli_reports_bad_lines_and_goes_on(tmp_path):
     assert out.returncode == 0 and out.stdout.startswith("2/2 correct"), out
     assert "3 bad lines" in out.stdout and "line 2" in out.stdout
     assert all(f"bad.jsonl:{n}:" in out.stderr for n in (2, 3, 4)), out.stderr
+
+
+def test_a_forked_child_never_uses_the_parents_idle_workers():
+    """A child forked after grading (a DataLoader worker, say) must start its own grader: the
+    parent's idle worker shares its pipes with the parent."""
+    import verify
+    assert verify.grade("\\boxed{\\sqrt{8}}", "2\\sqrt{2}")   # sympy: a worker now idles in this process
+    parent_workers = {w.p.pid for w in verify._idle}
+    assert parent_workers
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:   # the child: report whether its pool still holds the parent's workers, then grade
+        os.close(r)
+        clean = not {x.p.pid for x in verify._idle} & parent_workers
+        ok = verify.grade("\\boxed{\\sqrt{12}}", "2\\sqrt{3}")
+        os.write(w, b"1" if clean and ok else b"0")
+        os._exit(0)
+    os.close(w)
+    answer = os.read(r, 1)
+    os.waitpid(pid, 0)
+    assert answer == b"1"
