@@ -522,8 +522,7 @@ class Polisher:
         """One sample.generate call over the call's problems, K samples each."""
         cfg, first = self.cfg, call.problems[0]
         prompts = [self.guided[j.p] if j.guided else self.prompts[j.p] for j in call.problems]
-        # a guided round draws other numbers than the free round of the same number
-        seed = cfg.seed + 1_000_003 * (first.p + 1) + first.rnd + 500_009 * first.guided
+        seed = call_seed(cfg.seed, first.p, first.rnd, first.guided)
         g0 = time.perf_counter()
         try:
             generate(self.model, prompts, n=cfg.samples,
@@ -731,6 +730,14 @@ def fail(message: str) -> SystemExit:
     """A flag combination found wrong once files are read: one line, argparse's exit status."""
     print(f"polish.py: error: {message}", file=sys.stderr)
     return SystemExit(2)
+
+
+def call_seed(seed: int, problem: int, round_: int, guided: bool) -> int:
+    """The sampling seed of a generate call, from --seed and the call's first problem and round,
+    so that no two calls draw the same stream. Each problem owns a block of 1,000,003 seeds (a
+    prime); free round r takes offset r and guided round r offset 500,009 + r, so a guided round
+    never repeats the free round of the same number while rounds stay under 500,000."""
+    return seed + 1_000_003 * (problem + 1) + round_ + 500_009 * guided
 
 
 def model_error(cfg: Config, e: Exception) -> ModelFileError:

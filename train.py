@@ -643,13 +643,14 @@ def train_minibatch(ddp_model, model, seqs: list[Sequence], cfg, device, world, 
     them into the logged values).
     """
     mbs = pack(seqs, cfg.micro_tokens)
-    counts = torch.tensor([0, sum(len(s.tokens) for s in seqs), len(seqs)], dtype=torch.float64, device=device)
+    # the whole mini-batch's completion tokens and sequences, over every rank: token-mean divides by them
+    counts = torch.tensor([sum(len(s.tokens) for s in seqs), len(seqs)], dtype=torch.float64, device=device)
     if world > 1:
         n = torch.tensor([len(mbs)], device=device)
         dist.all_reduce(n, op=dist.ReduceOp.MAX)
         dist.all_reduce(counts)
         mbs += [[]] * (int(n) - len(mbs))
-    batch_tokens, batch_seqs = int(counts[1]), int(counts[2])
+    batch_tokens, batch_seqs = int(counts[0]), int(counts[1])
     m = dict.fromkeys(METRIC_SUMS, 0.0)
     for k, mb in enumerate(mbs):
         sync = k == len(mbs) - 1
