@@ -28,14 +28,7 @@ CONFIGS = {"qwen2": dict(BASE, model_type="qwen2"),
 PROMPTS = [[5, 6, 7], [8] * 11, [1], list(range(10, 60)), [9, 10, 11, 12, 13]]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and on a busy 2-core machine OpenMP's barriers
-    turned this file's 10 s into minutes."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 def tiny(kind="qwen2", seed=0):

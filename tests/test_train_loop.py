@@ -32,13 +32,7 @@ PROMPTS = [[5, 6, 7], [8] * 11, [1], list(range(10, 40)), [9, 10, 11, 12, 13], [
 REWARDS = [1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 1.0, 3.0, 0.0, 2.0, 0.5]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and threads cost a lot on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 def tiny_model(seed=0):
