@@ -288,7 +288,7 @@ def grpo_bench(device, prompts: int, samples: int, ctx: int):
           + f", other {r['step_s'] - sum(parts.values()):.1f} s{peak}", flush=True)
 
 
-def main():
+def parse_args():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gpu", action="store_true", help="the full GPU suite on the R1-1.5B shape (see above)")
     ap.add_argument("--train", action="store_true", help="training fwd+bwd on one 8,192-token sequence against "
@@ -311,18 +311,75 @@ def main():
                     "at batch 256 (eager and with CUDA graphs): GEMMs, attention, sampling, other, GPU idle")
     ap.add_argument("--long-budget-s", type=float, default=240,
                     help="with --gpu: shorten the 4,096-token run if it projects past this many seconds")
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def train_or_grpo(args):
+    """--train or --grpo: on the GPU when there is one, else on the CPU."""
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    gpu = dev.type == "cuda"
+    print(f"{datetime.date.today()} | {torch.cuda.get_device_name(dev) if gpu else 'CPU'} | "
+          f"torch {torch.__version__}")
+    if args.grpo:
+        return grpo_bench(dev, args.grpo_prompts or (32 if gpu else 8), args.grpo_samples,
+                          args.grpo_ctx or (2048 if gpu else 32))
+    return train_bench(dev, args.train_len)
+
+
+def cuda_graphs_agree(m, p8) -> bool:
+    """Whether decoding with CUDA graphs gives eager's greedy tokens (8 rows x 64 tokens): the
+    graphed runs are timed only if so."""
+    a = generate(m, p8, max_new_tokens=64, temperature=0, stop_ids=[])
+    try:
+        st = {}
+        b = generate(m, p8, max_new_tokens=64, temperature=0, stop_ids=[], cuda_graphs=True, stats=st)
+    except Exception as e:
+        print(f"CUDA graphs failed ({type(e).__name__}: {e}); eager only")
+        return False
+    same = sum(x.tokens == y.tokens for x, y in zip(a, b))
+    # random weights give near-flat logits, so a late flip can be rounding; a bug in the
+    # graphed step (positions, cache, state) shows in the first decode steps
+    ok = all(x.tokens[:8] == y.tokens[:8] for x, y in zip(a, b)) and st["graphs"] > 0
+    print(f"CUDA graphs vs eager, greedy, 8 rows x 64 tokens: {same}/8 rows identical, "
+          f"{st['graphs']} graphs captured -> {'using' if ok else 'NOT using'} graphs")
+    return ok
+
+
+def shorten_long_run(m, dtype, B, N, nbytes, sec, budget_s) -> int:
+    """Guard the 8-minute budget: project the long run from the 512-token one at the same
+    bandwidth (nbytes and sec per decode step there), and halve N (saying so) while it would
+    overrun budget_s, as a slow attention path would."""
+    kv = KVCache.bytes_per_row(m.config, 1, dtype) * B
+
+    def est(n):
+        return n * sec * (nbytes + kv * (n // 2 - 256)) / nbytes
+
+    while est(N) > budget_s and N > 512:
+        print(f"(projected {est(N):.0f} s, over --long-budget-s: shortened to {N // 2} new tokens)")
+        N //= 2
+    return N
+
+
+def compare_on_cpu(m, hf, ps, N, device, repeat: int, line: str):
+    """A shared CPU is noisy: alternate transformers and ours `repeat` times, report each's best."""
+    hf_runs, our_runs = [], []
+    for _ in range(repeat):
+        hf_runs.append(run_hf(hf, ps, N, device))
+        our_runs.append(run_ours(m, ps, N, device))
+    (base, dt), (tps, dt2, st) = max(hf_runs), max(our_runs, key=lambda r: r[0])
+    every = (f"  [tok/s of every run: transformers {[round(r[0], 1) for r in hf_runs]}, "
+             f"ours {[round(r[0], 1) for r in our_runs]}]" if repeat > 1 else "")
+    print(f"{line} transformers {base:,.1f} tok/s ({dt:.1f} s) | ours {tps:,.1f} tok/s ({dt2:.1f} s; "
+          f"prefill {st['prefill_s']:.1f} s, decode {1e3 * st['decode_s'] / st['steps']:.1f} ms/step)"
+          f" | ratio {tps / base:.2f}x" + every)
+
+
+def main():
+    args = parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.train or args.grpo:
-        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        gpu = dev.type == "cuda"
-        print(f"{datetime.date.today()} | {torch.cuda.get_device_name(dev) if gpu else 'CPU'} | "
-              f"torch {torch.__version__}")
-        if args.grpo:
-            return grpo_bench(dev, args.grpo_prompts or (32 if gpu else 8), args.grpo_samples,
-                              args.grpo_ctx or (2048 if gpu else 32))
-        return train_bench(dev, args.train_len)
+        return train_or_grpo(args)
     device = torch.device("cuda" if args.gpu else "cpu")
     if args.gpu and not torch.cuda.is_available():
         raise SystemExit("--gpu needs CUDA")
@@ -351,49 +408,18 @@ def main():
     else:
         bw = copy_bandwidth(device)
         print(f"device-to-device copy: {bw / 1e12:.2f} TB/s (read + write)")
-        p8 = prompts(8, 64)
-        a = generate(m, p8, max_new_tokens=64, temperature=0, stop_ids=[])
-        try:
-            st = {}
-            b = generate(m, p8, max_new_tokens=64, temperature=0, stop_ids=[], cuda_graphs=True, stats=st)
-            same = sum(x.tokens == y.tokens for x, y in zip(a, b))
-            # random weights give near-flat logits, so a late flip can be rounding; a bug in the
-            # graphed step (positions, cache, state) shows in the first decode steps
-            graphs_ok = all(x.tokens[:8] == y.tokens[:8] for x, y in zip(a, b)) and st["graphs"] > 0
-            print(f"CUDA graphs vs eager, greedy, 8 rows x 64 tokens: {same}/8 rows identical, "
-                  f"{st['graphs']} graphs captured -> {'using' if graphs_ok else 'NOT using'} graphs")
-        except Exception as e:
-            graphs_ok = False
-            print(f"CUDA graphs failed ({type(e).__name__}: {e}); eager only")
+        graphs_ok = cuda_graphs_agree(m, prompts(8, 64))
         shapes = [(64, 256, 512, hf is not None), (256, 256, 512, hf is not None),
                   (256, 256, 4096, hf is not None and args.hf_long)]
     per_step = {}                          # (B, P + N / 2) -> decode bytes per step, s per step
     for B, P, N, with_hf in shapes:
         if args.gpu and N > 1024 and (B, P + 256) in per_step:
-            # guard the 8-minute budget: project this run from the 512-token one at the same
-            # bandwidth, and shorten it (saying so) if a slow attention path would overrun
-            nbytes, sec = per_step[(B, P + 256)]
-            kv = KVCache.bytes_per_row(m.config, 1, dtype) * B
-            def est(N):
-                return N * sec * (nbytes + kv * (N // 2 - 256)) / nbytes
-            while est(N) > args.long_budget_s and N > 512:
-                print(f"(projected {est(N):.0f} s, over --long-budget-s: shortened to {N // 2} new tokens)")
-                N //= 2
+            N = shorten_long_run(m, dtype, B, N, *per_step[(B, P + 256)], args.long_budget_s)
         ps = prompts(B, P)
         line = f"batch {B}, prompt {P} + {N} new:"
         base = None
         if with_hf and not args.gpu:
-            # a shared CPU is noisy: alternate the two --repeat times, report the best of each
-            hf_runs, our_runs = [], []
-            for _ in range(args.repeat):
-                hf_runs.append(run_hf(hf, ps, N, device))
-                our_runs.append(run_ours(m, ps, N, device))
-            (base, dt), (tps, dt2, st) = max(hf_runs), max(our_runs, key=lambda r: r[0])
-            print(f"{line} transformers {base:,.1f} tok/s ({dt:.1f} s) | ours {tps:,.1f} tok/s ({dt2:.1f} s; "
-                  f"prefill {st['prefill_s']:.1f} s, decode {1e3 * st['decode_s'] / st['steps']:.1f} ms/step)"
-                  f" | ratio {tps / base:.2f}x" + (f"  [tok/s of every run: transformers "
-                  f"{[round(r[0], 1) for r in hf_runs]}, ours {[round(r[0], 1) for r in our_runs]}]"
-                  if args.repeat > 1 else ""))
+            compare_on_cpu(m, hf, ps, N, device, args.repeat, line)
             continue
         if with_hf:
             base, dt = run_hf(hf, ps, N, device)
