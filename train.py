@@ -57,7 +57,7 @@ import torch.distributed as dist
 import grpo
 from data import (THINK_CHOICES, Tokenizer, clean_exit, dedupe, epoch_order, load_records, polish_method,
                   prompt_ids, reference_answers, requires_think, shard)
-from model import Transformer
+from model import Transformer, one_line
 from sample import KVCache, default_kv_budget, evaluate, generate, grade_completions
 
 
@@ -352,11 +352,6 @@ def lost_contact(e: RuntimeError) -> bool:
     return isinstance(e, dist.DistError) or "gloo" in str(e)
 
 
-def flat(e: BaseException) -> str:
-    """An exception's text on one line (gloo's and sympy's messages may span several)."""
-    return " ".join(str(e).split()) or type(e).__name__
-
-
 def stopped_by_signal(signum, frame):
     """SIGTERM (torchrun stopping the other ranks once one failed, or a job scheduler): one line
     naming this rank's phase, then exit at once. os._exit skips the process group's teardown,
@@ -379,14 +374,14 @@ def fail_fast(cfg):
         yield
     except FloatingPointError as e:   # sample.generate: the policy's logits are not finite
         raise SystemExit(f"train.py: error: non-finite logits during {PROGRESS.where()} from the weights of "
-                         f"{PROGRESS.weights}: {flat(e)}") from None
+                         f"{PROGRESS.weights}: {one_line(e)}") from None
     except RuntimeError as e:
         if int(os.environ.get("WORLD_SIZE", 1)) == 1 or not lost_contact(e):
             raise
         raise SystemExit(f"train.py: error: rank {os.environ.get('RANK')} lost the other ranks during "
                          f"{PROGRESS.where()} (no answer within --collective-timeout-s "
                          f"{cfg.collective_timeout_s:g}, or a rank exited; its own line names its phase): "
-                         f"{flat(e)}") from None
+                         f"{one_line(e)}") from None
     finally:
         if previous is not None:   # None: not ours to restore (not the main thread, or set outside Python)
             signal.signal(signal.SIGTERM, previous)
