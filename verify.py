@@ -43,6 +43,12 @@ Policies:
 - Several boxes that all equal a single reference are that value written in several forms
   ("\boxed{15\frac{39}{40}}, or \boxed{\frac{639}{40}}"), not a hedge.
 - Values too big to compute are not correct, except an answer identical to its reference.
+- A box that holds nothing once normalised (`\boxed{.}`, `\boxed{\quad}`, `\boxed{\text{}}`,
+  `\boxed{^\circ}`), or whose rule leaves nothing (`x =` has no value, `and` no items), is no
+  answer: wrong against every reference, its reason "no answer", counted in STATS['no_answer'].
+  Rules over several items (a list, a tuple, a repeated value) need at least one item each,
+  two for a repeated value; a reference, or a part of one, that normalises to nothing is a bad
+  reference and never matches.
 
 Left out: unit conversion, approximate answers ("to two significant figures"), \log as base 10
 (it is the natural log), Windows (the workers use select() on pipes).
@@ -68,7 +74,7 @@ from fractions import Fraction
 from functools import lru_cache
 
 log = logging.getLogger("verify")
-STATS: Counter = Counter()   # timeout, error, bad_reference, worker_died, too_long
+STATS: Counter = Counter()   # timeout, error, bad_reference, worker_died, too_long, no_answer
 TIMEOUT = 5.0                # seconds of sympy work per (reference, answer) pair
 # Caps: what is past them is refused ("too big", never correct) before it is computed. The
 # costs are measured on one core of the 2-core development VM (Python 3, CPython ints).
@@ -727,6 +733,11 @@ def _split(s: str, sep: re.Pattern) -> tuple[list, list]:
     return parts + [s[last:].strip()], seps
 
 
+# the reason given when the answer, or the part of it a rule kept, holds nothing: `\boxed{.}`,
+# `x =`, `and`; found again in a verdict's why, whose steps are joined by " > " and " | "
+NO_ANSWER = "no answer"
+_NO_ANSWER_WHY = re.compile(rf"(?:\A| > | \| ){NO_ANSWER}(?:\Z|:| > | \| )")
+
 # list separators: "1, 2", "1; 2", "1 or 2", "1 and 2" (not the "or" of "for")
 _LIST = re.compile(r",|;|(?<![A-Za-z\\])(?:or|and)(?![A-Za-z])")
 # relations: "<=", "!=", "="
@@ -832,16 +843,26 @@ def _wrapped(s: str, opens: str = "([{") -> bool:
 
 def _rhs(s: str, default: str | None = "") -> str | None:
     """The value of an assignment or chain: 'x = 5', 'AB = 5', '10/2 = 5', 'a = b = 5',
-    '5 = x' -> '5'; anything else is s itself (or default, when one is given)."""
-    p, ops = _split(s, _REL)
-    if ops and set(ops) == {"="} and len(_split(s, _LIST)[0]) == 1:
-        if len(p) == 2 and _NAME.fullmatch(p[1]) and not _NAME.fullmatch(p[0]):
-            return p[0]
-        if len(p) > 2 or _NAME.fullmatch(p[0]):
-            return p[-1]
-        if not _LETTERS.search(_COMMAND_WORD.sub("", p[0])):
-            return p[-1]
+    '5 = x' -> '5'; anything else is s itself (or default, when one is given). A value that
+    would be empty ('x =', '=5=') is no value: s is kept whole, and the comparison refuses it."""
+    value = _assigned(s)
+    if value:
+        return value
     return s if default == "" else default
+
+
+def _assigned(s: str) -> str | None:
+    """The part of s that _rhs() keeps, or None; the part may be empty."""
+    p, ops = _split(s, _REL)
+    if not ops or set(ops) != {"="} or len(_split(s, _LIST)[0]) != 1:
+        return None
+    if len(p) == 2 and _NAME.fullmatch(p[1]) and not _NAME.fullmatch(p[0]):
+        return p[0]
+    if len(p) > 2 or _NAME.fullmatch(p[0]):
+        return p[-1]
+    if not _LETTERS.search(_COMMAND_WORD.sub("", p[0])):
+        return p[-1]
+    return None
 
 
 def _items(s: str) -> list:
@@ -937,10 +958,18 @@ class _Cmp:
             self.why.append(w)
 
     def pairwise(self, R: list, A: list) -> bool:
-        return len(R) == len(A) and all(self.equal(x, y) for x, y in zip(R, A))
+        """Item by item, in order; two empty lists are not equal (all() of nothing is True)."""
+        return len(R) == len(A) > 0 and all(self.equal(x, y) for x, y in zip(R, A))
 
     def equal(self, r: str, a: str) -> bool:
-        """Reference r against answer a, by the reference's shape."""
+        """Reference r against answer a, by the reference's shape. Every rule below that
+        reduces a side to a part of it comes back here, so this is where a part that holds
+        nothing is refused: an empty answer is never right, an empty reference never matches."""
+        if not r:
+            raise _BadRef("a part of the reference is empty")
+        if not a:
+            self.note(NO_ANSWER)
+            return False
         if m := _CHOICE_REF.fullmatch(r):
             return self.choice(m, a)
         letter, value = _decoration(a)
@@ -959,6 +988,11 @@ class _Cmp:
         R, A = _items(r), _items(a)
         if len(R) > MAX_ITEMS or len(A) > MAX_ITEMS:
             raise _Big("list length")
+        if not R:
+            raise _BadRef(f"{r!r}: a list with no items")
+        if not A:   # 'and', ', ;', 'or': separators with nothing between them
+            self.note(NO_ANSWER)
+            return False
         if R != [r] or A != [a]:
             return self.collection(r, a, R, A)
         sr = _seq(r) or _seq(_interval(r))
@@ -1020,7 +1054,10 @@ class _Cmp:
 
     def repeated(self, r: str, A: list) -> bool:
         """Several answers that all equal one reference are that value written in several forms
-        (\\boxed{15\\frac{39}{40}}, or \\boxed{\\frac{639}{40}}), not a hedge."""
+        (\\boxed{15\\frac{39}{40}}, or \\boxed{\\frac{639}{40}}), not a hedge. Several means
+        two or more, each holding something: all() of no items is True."""
+        if len(A) < 2 or not all(A):
+            return False
         why = list(self.why)
         if all(self.equal(r, x) for x in A):
             self.note("one value in several forms")
@@ -1036,7 +1073,9 @@ class _Cmp:
         return same and (not n or int(n.group(2)) == base)
 
     def multiset(self, R: list, A: list) -> bool:
-        """Same elements, any order."""
+        """Same elements, any order; two empty lists are not equal."""
+        if not R or not A:
+            return False
         left = list(A) if len(R) == len(A) else []
         for x in R:
             j = next((j for j, y in enumerate(left) if self.equal(x, y)), None)
@@ -1065,6 +1104,11 @@ class _Cmp:
     def relation(self, r: str, a: str) -> bool:
         """Assignments by value, equations up to a factor, inequalities up to a positive one."""
         (rp, ro), (ap, ao) = _split(r, _REL), _split(a, _REL)
+        if not all(rp):
+            raise _BadRef(f"{r!r}: a side of the relation is empty")
+        if not all(ap):   # 'x =', '< 5', '=': a relation with a side missing states no value
+            self.note(NO_ANSWER)
+            return False
         rv = _rhs(r, None)
         av = _rhs(a, None) if rv is not None else None
         if rv is not None and av is not None:
@@ -1475,6 +1519,8 @@ def _prepare_checked(response: str, answer, problem: str | None) -> dict:
         STATS["too_long"] += 1
         return info | {"why": "answer too long"}
     info["answer"] = ans
+    if not ans:   # \boxed{.}, \boxed{\quad}, \boxed{\text{}}: the box holds no answer
+        return info | {"why": f"{NO_ANSWER}: the box holds nothing once normalised"}
     # the choices matter only to a bare letter, so only then is the problem read
     letter, value = _decoration(ans)
     choices = _choices(problem) if problem and letter and value is None else None
@@ -1518,6 +1564,8 @@ def _grade_all(pairs, workers: int, timeout: float, problem: str | None = None) 
     for i in infos:
         if i["job"]:   # a thread that could not start a worker left no result
             i["correct"], i["why"] = results.get(i["job"], (False, "no worker answered"))
+        if not i["correct"] and _NO_ANSWER_WHY.search(i["why"]):
+            STATS["no_answer"] += 1   # counted here, where every verdict passes, workers' too
     return infos
 
 

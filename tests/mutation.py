@@ -264,6 +264,7 @@ MUTANTS = [
 
 # ------------------------------------------------------------------ verify.py
 VERIFY = ("tests/test_verify.py", "tests/test_verify_hostile.py")
+EMPTY = "tests/test_verify_empty.py"
 VERIFY_MUTANTS = [
     mutant("verify.py", 's = response[response.rfind("</think>") + 8:]', 's = response[response.find("</think>") + 8:]',
            VERIFY, "the answer read after the first </think> instead of the last"),
@@ -277,6 +278,24 @@ VERIFY_MUTANTS = [
     mutant("verify.py", "    for r in refs:\n        if not r or len(r) > MAX_LEN:",
            "    for r in refs[:1]:\n        if not r or len(r) > MAX_LEN:", VERIFY,
            "only the first of several equivalent reference forms is compared"),
+    # a box that holds nothing: each guard planted back to the old vacuous rule, one at a time
+    mutant("verify.py", "        if len(A) < 2 or not all(A):\n            return False\n        why = list(self.why)",
+           "        why = list(self.why)", EMPTY,
+           "the repeated-value rule accepts no items (all() of nothing is True): \\boxed{.} scores"),
+    mutant("verify.py", "    if not ans:   #", "    if False:   #", EMPTY,
+           "an answer that normalises to nothing goes on to the comparison"),
+    mutant("verify.py", "        if not a:\n            self.note(NO_ANSWER)", "        if False:\n            self.note(NO_ANSWER)",
+           EMPTY, "a part of the answer that holds nothing is compared"),
+    mutant("verify.py", "        if not A:   #", "        if False:   #", EMPTY,
+           "an answer that is only list separators ('and', ', ;') has no items and is compared"),
+    mutant("verify.py", "    if value:\n        return value\n", "    if value is not None:\n        return value\n",
+           EMPTY, "'x =' reduced to its empty right side"),
+    mutant("verify.py", "        if not all(ap):", "        if not any(ap):", EMPTY,
+           "a relation with a side missing ('x <') compared as an inequality"),
+    mutant("verify.py", "return len(R) == len(A) > 0 and all(", "return len(R) == len(A) and all(", EMPTY,
+           "two empty item lists compared pairwise are equal"),
+    mutant("verify.py", "        if not R or not A:\n            return False", "        if not A:\n            return False",
+           EMPTY, "an empty reference list matches any answer as a set"),
 ]
 
 # Changes that look like bugs and are not: listed with the reason, never run or counted.
