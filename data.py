@@ -35,6 +35,7 @@ import random
 import re
 import sys
 import unicodedata
+from dataclasses import dataclass
 
 import tiktoken
 
@@ -589,9 +590,60 @@ def shard(items: list, rank: int, world_size: int) -> list:
     return items[rank::world_size]
 
 
+def take(recs: list, seed: int, pos: int, count: int) -> list:
+    """The records at global positions pos .. pos + count - 1 of the training stream (GRPO's prompt
+    batches and the warm-up's batches both read it).
+
+    Position p is index p % n of epoch p // n, whose order is epoch_order(n, seed, p // n). A
+    batch that crosses an epoch boundary finishes the old epoch's permutation and continues
+    with the new one, so every record is seen exactly once per epoch. The order depends only on
+    (seed, pos), so every rank draws the same batch and a resumed run continues where it left off.
+    """
+    n = len(recs)
+    orders = {}   # one permutation per epoch the batch touches (a batch may span several)
+    picked = []
+    for p in range(pos, pos + count):
+        epoch = p // n
+        if epoch not in orders:
+            orders[epoch] = epoch_order(n, seed, epoch)
+        picked.append(recs[orders[epoch][p % n]])
+    return picked
+
+
 def prompt_ids(tok: "Tokenizer", problem: str, template: str | None = None) -> list[int]:
     """Token ids of the DeepScaleR user turn in the chat template, ready for generation."""
     return tok.encode_chat(deepscaler_prompt(problem), template)
+
+
+@dataclass
+class Problems:
+    """A problem file as the entry points use it: what fits the prompt budget, ready to sample."""
+    kept: list[dict]           # records whose prompt fits, each with its prompt_ids added
+    where: list[int]           # each kept record's index in `records`
+    records: list[dict]        # every record read (deduplicated when asked), in file order
+    prompts: list[list[int]]   # the prompt ids of every record, kept or not
+
+
+def load_problems(path: str, tok: "Tokenizer", prompt_budget: int, template: str | None = None,
+                  dedup: bool = True, skip_bad: bool = False) -> Problems:
+    """The one loader of problem files for train.py, polish.py and evaluation: read the records
+    (load_records), drop repeated problems when dedup, render each problem's DeepScaleR prompt
+    in the chat template and keep those of at most prompt_budget tokens. Dropping happens before
+    any model loads: one 200 KB problem (~100K tokens) would otherwise reserve its length in
+    every KV row and spend minutes in a quadratic prefill; tokenizing it takes milliseconds.
+    A file with no problem, or none within the budget, is a DataError naming it."""
+    recs = load_records(path, skip_bad)   # a missing file or pyarrow: DataError
+    if dedup:
+        recs = dedupe(recs)
+    if not recs:
+        raise DataError(f"{path}: no problems")
+    prompts = [prompt_ids(tok, r["problem"], template) for r in recs]
+    where = [i for i, ids in enumerate(prompts) if len(ids) <= prompt_budget]
+    if not where:
+        raise DataError(f"{path}: no problem fits the {prompt_budget}-token prompt budget (--prompt-budget); "
+                        f"the shortest prompt has {min(map(len, prompts))} tokens")
+    kept = [dict(recs[i], prompt_ids=prompts[i]) for i in where]
+    return Problems(kept=kept, where=where, records=recs, prompts=prompts)
 
 
 # ----------------------------------------------------------------------------- stats CLI

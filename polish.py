@@ -7,7 +7,7 @@
     python polish.py ... --guided-rounds 2                    # up to 2 guided rounds (--no-guided: none)
     python data.py stats polished.jsonl --model DIR           # coverage by method, lengths, pass rates
 
-Every problem of --data (data.load_records, deduplicated) gets --samples chains of thought
+Every problem of --data (data.load_problems, deduplicated) gets --samples chains of thought
 (T 0.6, top-p 0.95, the DeepScaleR prompt in the checkpoint's chat template) from
 sample.generate, continuous batching over --chunk problems per call. When a problem's samples
 are all back, verify.grade_batch grades them against `answer` (or any of `answers`); a chain
@@ -17,7 +17,8 @@ A chain is *accepted* when it is correct, not truncated and at least --min-token
 (default: min(max_position_embeddings, --max-new-tokens) / 4; R1-Distill-Qwen with 8,192 new
 tokens: 2,048). A problem with no accepted chain is sampled again in the next call, up to
 --rounds rounds in all. A problem whose prompt is over --prompt-budget tokens (train.py's
-default, 1,024) is not sampled and has no output row: it is listed at the start and counted.
+default, 1,024) is not sampled and has no output row: it is listed at the start and counted
+(none within the budget: an error).
 
 Guided pass (on by default; --no-guided switches it off): a problem with no accepted free chain
 after --rounds is sampled again, K chains a round for up to --guided-rounds rounds, with
@@ -68,23 +69,23 @@ resuming a problem's free rounds (a kill restarts them).
 """
 import argparse
 import hashlib
-import inspect
 import json
-import math
 import os
 import re
 import sys
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import NamedTuple
 
 import torch
+import torch.distributed as dist
 
-from data import (TEMPLATES, THINK_CHOICES, DataError, Tokenizer, clean_exit, dedupe, load_records, polish_report,
-                  prompt_ids, reference_answers, requires_think, shard)
+from common import add_config_flags, bound_problem, start_distributed, stop_distributed
+from data import (TEMPLATES, THINK_CHOICES, DataError, Tokenizer, clean_exit, dedupe, load_problems, load_records,
+                  polish_report, reference_answers, requires_think, shard)
 from model import ModelConfig, ModelFileError, Transformer, read_config
-from sample import KVCache, generate
+from sample import generate, kv_budget_of, kv_budget_problem
 from verify import grade_batch, reward_of
 
 
@@ -396,15 +397,10 @@ def read_outputs(out: str, known: set, own: str | None = None) -> tuple[dict, di
     return rows, {pid: t for pid, t in pending.items() if pid not in rows}
 
 
-def done_rows(out: str, known: set, own: str | None = None) -> dict:
-    """id -> row over OUT and every part; `own` (this rank's part) is repaired."""
-    return read_outputs(out, known, own)[0]
-
-
 def merge(out: str, ids: list, dropped: set = frozenset(), hint: str = "") -> list[dict]:
     """All rows in input order, written to OUT atomically once every problem has one (the
     `dropped` ones, over the prompt budget, need none); parts removed."""
-    got = done_rows(out, set(ids))
+    got, _ = read_outputs(out, set(ids))           # id -> row; pending lines do not count here
     missing = [i for i in ids if i not in got and i not in dropped]
     if missing:
         raise fail(f"{out}: {len(missing)} of {len(ids)} problems have no row yet (first: {missing[0]})"
@@ -528,7 +524,7 @@ class Polisher:
             generate(self.model, prompts, n=cfg.samples,
                      max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                      seed=seed, max_rows=cfg.max_rows or None,
-                     kv_budget=int(cfg.kv_gib * 2**30) or None, cuda_graphs=cfg.cuda_graphs,
+                     kv_budget=kv_budget_of(cfg.kv_gib), cuda_graphs=cfg.cuda_graphs,
                      callback=self.on_tokens)
         except FloatingPointError as e:
             # sample.generate's check on the logits (NaN or inf weights, or an overflow): stop
@@ -656,11 +652,15 @@ def summary(rows: list, t: RunStats | None, rank: int, dropped: int = 0, budget:
 
 # ----------------------------------------------------------------------------- CLI
 
-# The smallest value each numeric flag may take, inclusive. Checked before anything is read, as
-# these mistakes otherwise surface late: --samples 0 as a ZeroDivisionError at the first row,
-# --kv-gib -1 or --max-rows -1 as a sampler error after the weights are loaded.
-LOWER_BOUNDS = {"samples": 1, "rounds": 1, "temperature": 0.0, "max_new_tokens": 1, "prompt_budget": 1,
-                "min_tokens": -1, "chunk": 1, "workers": 1, "kv_gib": 0.0, "max_rows": 0, "guided_rounds": 1}
+# The smallest value each numeric flag may take, and whether that value itself is allowed (all
+# are here): common.bound_problem's table. Checked before anything is read, as these mistakes
+# otherwise surface late: --samples 0 as a ZeroDivisionError at the first row, --kv-gib -1 or
+# --max-rows -1 as a sampler error after the weights are loaded.
+LOWER_BOUNDS = {"samples": (1, True), "rounds": (1, True), "temperature": (0.0, True),
+                "max_new_tokens": (1, True), "prompt_budget": (1, True), "min_tokens": (-1, True),
+                "chunk": (1, True), "workers": (1, True), "kv_gib": (0.0, True), "max_rows": (0, True),
+                "guided_rounds": (1, True)}
+DIST_TIMEOUT_S = 7 * 24 * 3600   # the barrier before the merge waits for the slowest rank's share
 
 
 def flag_problem(cfg: Config, merge_only: bool) -> str:
@@ -668,10 +668,9 @@ def flag_problem(cfg: Config, merge_only: bool) -> str:
     for name in ("data", "out") + (() if merge_only else ("model",)):
         if not getattr(cfg, name):
             return f"--{name} is required"
-    for name, low in LOWER_BOUNDS.items():
-        value = getattr(cfg, name)
-        if not math.isfinite(value) or value < low:        # nan and inf come in through float()
-            return f"--{name.replace('_', '-')} must be a number >= {low}, not {value}"
+    problem = bound_problem(cfg, LOWER_BOUNDS)   # nan and inf come in through float()
+    if problem:
+        return problem
     if not 0 < cfg.top_p <= 1:
         return f"--top-p must be in (0, 1], not {cfg.top_p}"
     if cfg.think not in THINK_CHOICES:
@@ -708,17 +707,12 @@ def path_problem(cfg: Config) -> str:
 
 
 def parse_config(argv, merge_only: bool = False) -> Config:
-    """Flags from the Config fields (their comments are the help), every one checked."""
-    comments = dict(re.findall(r"^\s+(\w+): .*?#\s*(.*)$", inspect.getsource(Config), re.M))
+    """Flags from the Config fields (common.add_config_flags: their comments are the help), every
+    one checked."""
     ap = argparse.ArgumentParser(
         prog="polish.py", description="Rejection-sampling chain-of-thought polishing (see the module "
         "docstring). `python polish.py merge --data D --out O` merges the rank parts of O.")
-    for f in fields(Config):
-        flag, help_ = "--" + f.name.replace("_", "-"), f"{comments[f.name]} (default {f.default!r})".replace("%", "%%")
-        if f.type is bool:
-            ap.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_)
-        else:
-            ap.add_argument(flag, type=f.type, default=f.default, help=help_)
+    add_config_flags(ap, Config)
     cfg = Config(**vars(ap.parse_args(argv)))
     problem = flag_problem(cfg, merge_only)
     if problem:
@@ -758,56 +752,37 @@ def read_model_files(cfg: Config) -> tuple[Tokenizer, ModelConfig]:
     return tok, mcfg
 
 
-def read_problems(cfg: Config) -> tuple[list, list]:
-    """The deduplicated records of --data and their row ids."""
-    recs = dedupe(load_records(cfg.data, cfg.skip_bad))   # a missing file or pyarrow: DataError
-    if not recs:
-        raise DataError(f"{cfg.data}: no problems")
-    return recs, [problem_id(i, r["problem"]) for i, r in enumerate(recs)]
+def problem_ids(recs: list) -> list[str]:
+    """Each record's row id (problem_id), by its position in the deduplicated input."""
+    return [problem_id(i, r["problem"]) for i, r in enumerate(recs)]
 
 
-def over_budget(prompts: list, recs: list, ids: list, cfg: Config, show: bool) -> list:
-    """Indices of the problems whose prompt is over --prompt-budget, listed on stderr when shown."""
-    budget = cfg.prompt_budget
-    over = [i for i, p in enumerate(prompts) if len(p) > budget]
+def read_problems(cfg: Config, tok: Tokenizer, show: bool) -> tuple[list, list, list, set]:
+    """--data through data.load_problems: every deduplicated record (a file with no problem, or
+    with no prompt within --prompt-budget, is its DataError), the records' row ids and prompt ids,
+    and the indices of the problems over the budget, listed on stderr when shown."""
+    problems = load_problems(cfg.data, tok, cfg.prompt_budget, cfg.template or None, skip_bad=cfg.skip_bad)
+    recs, prompts = problems.records, problems.prompts
+    ids = problem_ids(recs)
+    kept = set(problems.where)
+    over = [i for i in range(len(recs)) if i not in kept]
     if show and over:
         print(f"polish: {len(over)} of {len(recs)} problems dropped, their prompt is over --prompt-budget "
-              f"{budget} tokens:", file=sys.stderr)
+              f"{cfg.prompt_budget} tokens:", file=sys.stderr)
         for i in over[:LISTED]:
             print(f"  {ids[i]} ({len(prompts[i])} tokens): {recs[i]['problem'][:60]!r}", file=sys.stderr)
         if len(over) > LISTED:
             print(f"  ... and {len(over) - LISTED} more", file=sys.stderr)
-    if len(over) == len(recs):
-        raise fail(f"every prompt of --data {cfg.data} is over --prompt-budget {budget} tokens "
-                   f"(the shortest has {min(map(len, prompts))})")
-    return over
+    return recs, ids, prompts, set(over)
 
 
 def check_kv_budget(mcfg: ModelConfig, longest: int, cfg: Config, dtype, what: str = "prompt") -> None:
-    """--kv-gib must hold one sequence: the longest prompt + --max-new-tokens (sample.generate's
-    own check, made before the weights are loaded)."""
-    per_row = KVCache.bytes_per_row(mcfg, longest + cfg.max_new_tokens, dtype)
-    if cfg.kv_gib and int(cfg.kv_gib * 2**30) < per_row:
-        raise fail(f"--kv-gib {cfg.kv_gib} holds no sequence: the longest {what} ({longest} tokens) + "
-                   f"--max-new-tokens {cfg.max_new_tokens} need {per_row / 2**30:.3f} GiB of KV cache")
-
-
-def start_distributed(world: int):
-    """torch.distributed under torchrun, only for the barrier before the merge (no tensors are
-    exchanged); None in a single process."""
-    if world == 1:
-        return None
-    import datetime
-    import torch.distributed as dist
-    # Before the group exists: torch.distributed.nn binds the default group into its functions'
-    # defaults when first imported (torch._dynamo pulls it in when the model is built on the meta
-    # device). Imported later, that reference keeps the gloo group and its worker threads alive
-    # past destroy_process_group into interpreter exit, where a worker still freeing a finished
-    # collective aborts the rank ("terminate called without an active exception"; seen in the
-    # sample.py and DDP tests).
-    import torch.distributed.nn as _dist_nn  # noqa: F401
-    dist.init_process_group("gloo", timeout=datetime.timedelta(days=7))
-    return dist
+    """--kv-gib must hold one sequence: the longest prompt + --max-new-tokens (sample's one
+    KV-budget rule, which generate() applies too, checked before the weights are loaded)."""
+    problem = kv_budget_problem(mcfg, kv_budget_of(cfg.kv_gib), longest + cfg.max_new_tokens, dtype)
+    if problem:
+        raise fail(f"--kv-gib {cfg.kv_gib} is too small for the longest {what} ({longest} tokens) + "
+                   f"--max-new-tokens {cfg.max_new_tokens}: {problem}")
 
 
 def guided_prompts(tok, recs: list, todo: list, cfg: Config, show: bool) -> dict:
@@ -823,66 +798,70 @@ def guided_prompts(tok, recs: list, todo: list, cfg: Config, show: bool) -> dict
     return guided
 
 
+def load_model(cfg: Config, device, dtype) -> Transformer:
+    """The weights, in eval mode; a bad model folder is one line naming it."""
+    try:
+        return Transformer.from_pretrained(cfg.model, device=device, dtype=dtype).eval()
+    except (FileNotFoundError, ValueError) as e:
+        raise model_error(cfg, e) from None
+
+
 def run_polish(cfg: Config, rank: int, world: int, part: str) -> None:
     """Check, load, polish this rank's share, merge on rank 0."""
     t_start = time.perf_counter()
     # 1) everything but the weights: model files, problems, prompts in budget, rows already written
     tok, mcfg = read_model_files(cfg)
-    recs, ids = read_problems(cfg)
-    prompts = [prompt_ids(tok, r["problem"], cfg.template or None) for r in recs]
-    over = set(over_budget(prompts, recs, ids, cfg, show=rank == 0))
+    recs, ids, prompts, over = read_problems(cfg, tok, show=rank == 0)
     os.makedirs(os.path.dirname(os.path.abspath(cfg.out)), exist_ok=True)
     done, pending_ids = read_outputs(cfg.out, set(ids), own=part)
     dropped = {ids[i] for i in over if ids[i] not in done}      # a row from an earlier run is kept
     todo = [i for i in shard(range(len(recs)), rank, world) if ids[i] not in done and i not in over]
     pending = {i: pending_ids[ids[i]] for i in todo if ids[i] in pending_ids}
     guided = guided_prompts(tok, recs, todo, cfg, show=rank == 0)
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() \
-        else torch.device("cpu")
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
     check_kv_budget(mcfg, max((len(prompts[i]) for i in todo), default=0), cfg, dtype)
     check_kv_budget(mcfg, max((len(g) for g in guided.values() if g), default=0), cfg, dtype, "guided prompt")
     floor = cfg.min_tokens if cfg.min_tokens >= 0 else \
         default_floor(mcfg.max_position_embeddings, cfg.max_new_tokens)
-    # 2) the process group and the weights
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    dist = start_distributed(world)
+    # 2) the process group (gloo, only for the barrier before the merge: no tensors are exchanged),
+    # this rank's device (cuda:LOCAL_RANK, made the current one, or the CPU), the weights
+    _, _, device = start_distributed(timeout_s=DIST_TIMEOUT_S, backend="gloo")
     try:
-        model = Transformer.from_pretrained(cfg.model, device=device, dtype=dtype).eval()
-    except (FileNotFoundError, ValueError) as e:
-        raise model_error(cfg, e) from None
-    if rank == 0:
-        passes = f", then guided x {cfg.guided_rounds} round(s)" if cfg.guided else ""
-        print(f"polish: {len(recs)} problems, {len(done)} already done, {len(dropped)} over the prompt budget, "
-              f"{len(todo)} on rank 0 of {world} ({len(pending)} resuming their guided pass); {cfg.samples} "
-              f"samples x {cfg.rounds} round(s){passes}, min {floor} tokens, device {device}",
-              file=sys.stderr, flush=True)
-    # 3) this rank's problems, each row appended to its part as it finishes
-    setup = time.perf_counter() - t_start
-    t = polish(model, tok, recs, ids, prompts, guided=guided, todo=todo, pending=pending, cfg=cfg, floor=floor,
-               part=part, show=rank == 0)
-    t.setup = setup
-    # 4) once every rank is done, rank 0 merges the parts into OUT
-    if dist:
-        dist.barrier()
-    if rank == 0:
-        rows = merge(cfg.out, ids, dropped)
-        print(f"wrote {cfg.out}\n" + summary(rows, t, rank, len(dropped), cfg.prompt_budget))
-    if dist:
-        dist.destroy_process_group()
+        model = load_model(cfg, device, dtype)
+        if rank == 0:
+            passes = f", then guided x {cfg.guided_rounds} round(s)" if cfg.guided else ""
+            print(f"polish: {len(recs)} problems, {len(done)} already done, {len(dropped)} over the prompt "
+                  f"budget, {len(todo)} on rank 0 of {world} ({len(pending)} resuming their guided pass); "
+                  f"{cfg.samples} samples x {cfg.rounds} round(s){passes}, min {floor} tokens, device {device}",
+                  file=sys.stderr, flush=True)
+        # 3) this rank's problems, each row appended to its part as it finishes
+        setup = time.perf_counter() - t_start
+        t = polish(model, tok, recs, ids, prompts, guided=guided, todo=todo, pending=pending, cfg=cfg,
+                   floor=floor, part=part, show=rank == 0)
+        t.setup = setup
+        # 4) once every rank is done, rank 0 merges the parts into OUT
+        if world > 1:
+            dist.barrier()
+        if rank == 0:
+            rows = merge(cfg.out, ids, dropped)
+            print(f"wrote {cfg.out}\n" + summary(rows, t, rank, len(dropped), cfg.prompt_budget))
+    finally:
+        stop_distributed()   # also on an error: gloo's threads are joined before the interpreter exits
 
 
 def run_merge(cfg: Config) -> None:
     """`polish.py merge`: the parts into OUT, by hand. With --model, problems over --prompt-budget
-    need no row, as in the run; without it every problem needs one."""
-    recs, ids = read_problems(cfg)
+    need no row, as in the run; without it (no tokenizer, so no prompts) every problem needs one."""
     dropped, hint = set(), ""
     if cfg.model:
         tok, _ = read_model_files(cfg)
-        prompts = [prompt_ids(tok, r["problem"], cfg.template or None) for r in recs]
-        dropped = {ids[i] for i in over_budget(prompts, recs, ids, cfg, show=True)}
+        _, ids, _, over = read_problems(cfg, tok, show=True)
+        dropped = {ids[i] for i in over}
     else:
+        recs = dedupe(load_records(cfg.data, cfg.skip_bad))   # data.load_problems' reading, without prompts
+        if not recs:
+            raise DataError(f"{cfg.data}: no problems")
+        ids = problem_ids(recs)
         hint = " (problems over --prompt-budget count only when merge is given --model)"
     rows = merge(cfg.out, ids, dropped, hint)
     print(summary(rows, None, 0, len(dropped - {r["polish"]["id"] for r in rows}), cfg.prompt_budget))

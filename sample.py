@@ -1,16 +1,16 @@
-"""Batched sampling with a KV cache and continuous batching, and DeepScaleR's evaluation CLI.
+"""Batched sampling with a KV cache and continuous batching, and a chat command line.
 
     from sample import generate
     outs = generate(model, prompts, n=8, max_new_tokens=8192, temperature=0.6, seed=0)
     outs[i * 8 + j].tokens, .logprobs, .finish_reason      # prompt-major, len(prompts) * n
 
     python sample.py --model DIR --prompt "What is 7 * 8?"          # one chat reply, streamed
-    python sample.py --model DIR --data aime.jsonl --samples 16 --temperature 0.6 --top-p 0.95 \\
-        --max-new-tokens 32768 --out results.jsonl                  # pass@1 with a 95% CI, pass@k
-    torchrun --nproc_per_node=8 sample.py --model DIR --data aime.jsonl ...   # problems sharded
 
-Problems whose prompt is over --prompt-budget tokens (1024, as in train.py) are dropped before
-the model loads, and counted on stderr and in the summary (over_prompt_budget).
+Evaluation on a problem file (DeepScaleR's protocol: pass@1 with a 95% CI, pass@k) is
+evaluate.py's job: `python evaluate.py --model DIR --data FILE ...`. The older spelling
+`python sample.py --model DIR --data FILE ...` still works: it says so on stderr and runs
+evaluate.py with the same flags. --kv-gib is GiB of KV cache (0, the default: 60% of the
+unused GPU memory, 4 GiB on CPU), read by kv_budget_of as at every entry point.
 
 How generate() works. A KVCache of (layers, rows, kv_heads, capacity, head_dim) is allocated
 once from a memory budget; capacity is the longest prompt + max_new_tokens, rows is what the
@@ -27,8 +27,10 @@ On GPU, cuda_graphs=True replays the decode step (forward + sampling + bookkeepi
 fixed buffers) as one CUDA graph per (rows, window) shape, which removes per-op launch cost.
 In the code: _Rows is the host's per-row state, _Scheduler's methods are the steps (admit,
 compact_tail, decode_chunk), prefill_groups decides which prompts share a prefill forward.
-Arguments are checked before anything is allocated. NaN/inf logits raise FloatingPointError
-(found in the log-probs each chunk brings back anyway: no extra synchronisation).
+Arguments are checked before anything is allocated; a KV budget too small for one sequence
+is kv_budget_problem's one message, here and at every entry point. NaN/inf logits raise
+FloatingPointError (found in the log-probs each chunk brings back anyway: no extra
+synchronisation).
 
 Log-probs. `.logprobs[t]` is log softmax(logits / temperature) at the sampled token: the
 distribution the token was drawn from *before* top-k/top-p truncation, which is the old-policy
@@ -37,25 +39,25 @@ recomputes (pinned by tests/test_sample.py). With temperature 0 (greedy) it is u
 A completion that stopped ends with its stop token (it is in .tokens and .logprobs).
 
 Left out: paged KV (every row reserves its full capacity), prefix sharing across prompts,
-speculative decoding, beam search, repetition penalties, tensor parallelism.
+speculative decoding, beam search, repetition penalties, tensor parallelism; grading and
+evaluation (evaluate.py, verify.py).
 """
 import argparse
-import json
 import math
 import numbers
 import os
+import runpy
+import shlex
 import sys
 import time
 from collections import deque
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 
-from data import (TEMPLATES, THINK_CHOICES, DataError, Tokenizer, clean_exit, load_records, prompt_ids,
-                  reference_answers, requires_think)
-from model import ModelFileError, Transformer
-from verify import grade_batch, reward_of
+from common import bound_problem, print0, start_distributed, stop_distributed
+from data import TEMPLATES, DataError, Tokenizer, clean_exit
+from model import ModelFileError, Transformer, read_config
 
 WINDOW_ROUND = 64   # attention windows are rounded up to this many slots (fewer distinct shapes)
 
@@ -177,6 +179,23 @@ def default_kv_budget(device) -> int:
         torch.cuda.empty_cache()
         return int(0.6 * torch.cuda.mem_get_info(device)[0])
     return 4 * 2**30
+
+
+def kv_budget_of(kv_gib: float | None) -> int | None:
+    """The one reading of every --kv-gib flag (train.py, polish.py, sample.py, evaluate.py): GiB
+    as generate()'s kv_budget in bytes; 0 or None is None, generate()'s default budget."""
+    return int(kv_gib * 2**30) if kv_gib else None
+
+
+def kv_budget_problem(config, kv_budget: int | None, tokens: int, dtype) -> str:
+    """Why kv_budget (bytes; None: the default, sized when generate() runs) cannot hold one row
+    of `tokens` (a prompt + its new tokens) of a model with this config in dtype; "" if it can.
+    generate() makes the same check; the entry points make it before loading any weights."""
+    per_row = KVCache.bytes_per_row(config, tokens, dtype)
+    if kv_budget is None or kv_budget >= per_row:
+        return ""
+    return (f"the KV budget of {_size(kv_budget)} holds no sequence of {tokens} tokens, which needs "
+            f"{_size(per_row)} of KV cache")
 
 
 def _window(need: int, capacity: int) -> int:
@@ -475,16 +494,17 @@ class _Scheduler:
 
 def _kv_cache(model, longest: int, total: int, max_new_tokens: int, max_rows, kv_budget) -> KVCache:
     """A cache of capacity longest prompt + max_new_tokens, with as many rows as the budget
-    holds (at most one per sequence, at most max_rows)."""
+    holds (at most one per sequence, at most max_rows). A budget that holds no row is
+    kv_budget_problem's message, the one the entry points give before loading weights."""
     p0 = next(model.parameters())
     capacity = longest + max_new_tokens
     budget = default_kv_budget(p0.device) if kv_budget is None else kv_budget
+    problem = kv_budget_problem(model.config, budget, capacity, p0.dtype)
+    if problem:
+        raise ValueError(f"generate: {problem} (the longest prompt, {longest} tokens, + max_new_tokens, "
+                         f"{max_new_tokens}): shorten the prompt or raise kv_budget")
     per_row = KVCache.bytes_per_row(model.config, capacity, p0.dtype)
     rows = min(total if max_rows is None else max_rows, total, budget // per_row)
-    if rows < 1:
-        raise ValueError(f"generate: the longest prompt ({longest} tokens) + max_new_tokens ({max_new_tokens}) "
-                         f"needs {_size(per_row)} of KV cache per row, over the budget of {_size(budget)}: "
-                         f"shorten the prompt or raise kv_budget")
     return KVCache(model.config, rows, capacity, p0.device, p0.dtype)
 
 
@@ -645,209 +665,86 @@ def generate(model, prompts, n: int = 1, max_new_tokens: int = 256, temperature:
     return rows.completions()
 
 
-# ----------------------------------------------------------------------------- evaluation
+# ----------------------------------------------------------------------------- command line
 
-def grade_completions(tok, outs: list, refs: list, require_think: bool = False, workers: int = 4,
-                      problems: list | None = None):
-    """DeepScaleR's reward for each completion against its reference (an answer, or a list of
-    equivalent forms): 1.0 when the last \\boxed{} answer equals the reference, and, with
-    require_think (R1 models), the reply also closed its reasoning with </think>; else 0.0.
-    problems, one per completion when given, lets a bare choice letter ("C") be graded by
-    the choice it names in the problem text.
-    Returns (texts, right, rewards): the decoded replies (stop token dropped), whether the
-    answer alone was right, and the rewards."""
-    texts = [tok.decode(o.tokens[:-1] if o.finish_reason == "stop" else o.tokens) for o in outs]
-    if problems is None:
-        pairs = list(zip(texts, refs))
-    else:
-        pairs = list(zip(texts, refs, problems))
-    right = [bool(x) for x in grade_batch(pairs, workers=workers)]
-    rewards = [reward_of(ok, t, require_think) for ok, t in zip(right, texts)]
-    return texts, right, rewards
-
-
-class _Progress:
-    """generate()'s callback for evaluate(): a line with tokens/s and ETA to stderr every 10 s."""
-
-    def __init__(self, total: int, active: bool):
-        self.total, self.active, self.done, self.ntok = total, active, 0, 0
-        self.t0 = self.last = time.time()
-
-    def __call__(self, s: int, new: list, finish):
-        self.ntok += len(new)
-        self.done += finish is not None
-        now = time.time()
-        if self.active and now - self.last > 10:
-            rate, eta = self.ntok / (now - self.t0), (now - self.t0) * (self.total - self.done) / max(self.done, 1)
-            print(f"[rank 0] {self.done}/{self.total} samples, {self.ntok:,} tokens, {rate:,.0f} tok/s, "
-                  f"ETA {eta / 60:.1f} min", file=sys.stderr, flush=True)
-            self.last = now
+def add_generation_flags(ap: argparse.ArgumentParser):
+    """--model and the flags that become generate()'s keywords, in a group of their own: this
+    file's --prompt and evaluate.py share them (checked by generation_flag_problem, turned into
+    generate()'s keywords by generation_kwargs)."""
+    g = ap.add_argument_group("model and sampling")
+    g.add_argument("--model", required=True, help="HF model folder (config.json, safetensors, tokenizer.json)")
+    g.add_argument("--temperature", type=float, default=0.6, help="0 = greedy")
+    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
+    g.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = off)")
+    g.add_argument("--max-new-tokens", type=int, default=4096, help="response budget per sample")
+    g.add_argument("--prompt-budget", type=int, default=1024,
+                   help="longest prompt in tokens, as train.py (evaluate.py drops and counts longer problems; "
+                        "sample.py refuses a longer --prompt)")
+    g.add_argument("--seed", type=int, default=0, help="sampling seed (each rank adds its rank)")
+    g.add_argument("--template", default=None, choices=sorted(TEMPLATES),
+                   help="chat template (default: the checkpoint's)")
+    g.add_argument("--max-rows", type=int, default=None, help="cap on rows decoded together (default: none)")
+    g.add_argument("--kv-gib", type=float, default=0.0,
+                   help="KV cache budget in GiB; 0 (the default): 60%% of unused GPU memory, 4 on CPU")
+    g.add_argument("--dtype", choices=["bfloat16", "float32"], default=None,
+                   help="default bfloat16 on GPU, float32 on CPU")
+    g.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=True,
+                   help="replay decode steps as CUDA graphs (GPU only; 2.8x eager at batch 256 on an H200)")
 
 
-def evaluate(model, tok, recs: list, n: int = 1, require_think: bool = False, template=None,
-             workers: int = 4, rank: int = 0, world: int = 1, progress: bool = False,
-             **gen_kw) -> tuple[list, dict]:
-    """DeepScaleR's evaluation protocol on records {problem, answer[, answers][, prompt_ids]}:
-    n samples per problem (gen_kw go to generate), each scored by grade(). Under a process
-    group each rank samples every world-th problem and the rows are gathered on every rank.
-
-    Returns (rows, summary): one row per problem, in recs order (its responses, correct flags,
-    lengths, finish reasons, pass@1), and summarize() of them plus tokens/s over all ranks.
-    progress prints a line with tokens/s and ETA to stderr every 10 s (rank 0)."""
-    if not recs:
-        raise ValueError("evaluate: no records")
-    mine = list(range(rank, len(recs), world))                  # data.shard's split
-    prompts = [recs[i].get("prompt_ids") or prompt_ids(tok, recs[i]["problem"], template) for i in mine]
-    progress_line = _Progress(len(prompts) * n, active=progress and rank == 0)
-    outs = generate(model, prompts, n=n, callback=progress_line, **gen_kw) if prompts else []
-    refs = [reference_answers(recs[i]) for i in mine for _ in range(n)]
-    problems = [recs[i]["problem"] for i in mine for _ in range(n)]
-    texts, _, rewards = grade_completions(tok, outs, refs, require_think, workers, problems)
-    rows = []
-    for j, i in enumerate(mine):
-        sl = slice(j * n, (j + 1) * n)
-        rows.append({"index": i, "problem": recs[i]["problem"], "answer": recs[i]["answer"],
-                     "pass@1": sum(rewards[sl]) / n, "correct": [r > 0 for r in rewards[sl]],
-                     "lengths": [len(o.tokens) for o in outs[sl]],
-                     "finish": [o.finish_reason for o in outs[sl]], "responses": texts[sl]})
-    if world > 1:
-        parts = [None] * world
-        dist.all_gather_object(parts, rows)
-        rows = sorted((r for part in parts for r in part), key=lambda r: r["index"])
-    summary = summarize(rows, n)
-    summary["tokens_per_s"] = sum(sum(r["lengths"]) for r in rows) / max(1e-9, time.time() - progress_line.t0)
-    return rows, summary
+# lowest value of each numeric flag of add_generation_flags, and whether the lowest is allowed
+GENERATION_BOUNDS = {"temperature": (0.0, True), "top_k": (0, True), "max_new_tokens": (1, True),
+                     "prompt_budget": (1, True), "max_rows": (1, True), "kv_gib": (0.0, True)}
 
 
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k from n samples with c correct: 1 - C(n-c, k) / C(n, k) (Chen et al. 2021)."""
-    if n - c < k:
-        return 1.0
-    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
-
-
-def summarize(rows: list, n: int) -> dict:
-    """Per-problem results -> pass@1 (mean over the n samples) with a 95% CI over problems,
-    pass@k for k = 1, 2, 4 ... n, mean response length, truncation rate."""
-    P = len(rows)
-    p1 = [sum(r["correct"]) / n for r in rows]
-    mean = sum(p1) / P
-    sd = math.sqrt(sum((x - mean) ** 2 for x in p1) / (P - 1)) if P > 1 else 0.0
-    lens = [x for r in rows for x in r["lengths"]]
-    out = {"problems": P, "samples": n, "pass@1": mean, "pass@1_ci95": 1.96 * sd / math.sqrt(P)}
-    k = 2
-    while k <= n:
-        out[f"pass@{k}"] = sum(pass_at_k(n, sum(r["correct"]), k) for r in rows) / P
-        k *= 2
-    out["mean_length"] = sum(lens) / len(lens)
-    out["truncated"] = sum(f == "length" for r in rows for f in r["finish"]) / len(lens)
-    return out
-
-
-def parse_flags(argv=None) -> argparse.Namespace:
-    """The command line, every flag checked before anything is loaded (argparse's one-line
-    error, naming the flag and its value, and exit status 2)."""
-    ap = argparse.ArgumentParser(prog="sample.py", description=__doc__.split("How generate() works")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", required=True, help="HF model folder (config.json, safetensors, tokenizer.json)")
-    src = ap.add_mutually_exclusive_group(required=True)
-    src.add_argument("--prompt", help="one user message: render the chat template, stream the reply")
-    src.add_argument("--data", help="json/jsonl/parquet of {problem, answer}: DeepScaleR evaluation")
-    ap.add_argument("--out", help="per-problem JSONL (with --data); a summary line goes to stdout")
-    ap.add_argument("--samples", "--n", dest="n", type=int, default=1,
-                    help="samples per problem; pass@1 averages over them (under torchrun spell it --samples: "
-                         "torchrun takes --n for an abbreviation of its own flags)")
-    ap.add_argument("--temperature", type=float, default=0.6, help="0 = greedy")
-    ap.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
-    ap.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = off)")
-    ap.add_argument("--max-new-tokens", type=int, default=4096, help="response budget per sample")
-    ap.add_argument("--prompt-budget", type=int, default=1024,
-                    help="longest prompt in tokens (as train.py): longer problems are dropped and counted")
-    ap.add_argument("--seed", type=int, default=0, help="sampling seed (each rank adds its rank)")
-    ap.add_argument("--template", default=None, choices=sorted(TEMPLATES),
-                    help="chat template (default: the checkpoint's)")
-    ap.add_argument("--max-rows", type=int, default=None, help="cap on rows decoded together (default: none)")
-    ap.add_argument("--kv-gib", type=float, default=None,
-                    help="KV cache budget in GiB (default 60%% of unused GPU memory, 4 on CPU)")
-    ap.add_argument("--dtype", choices=["bfloat16", "float32"], default=None,
-                    help="default bfloat16 on GPU, float32 on CPU")
-    ap.add_argument("--workers", type=int, default=4, help="grading processes (verify.grade_batch)")
-    ap.add_argument("--think", choices=THINK_CHOICES, default="auto",
-                    help="count a reply correct only if it closed </think> (auto: for the deepseek-r1 template)")
-    ap.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=True,
-                    help="replay decode steps as CUDA graphs (GPU only; 2.8x eager at batch 256 on an H200)")
-    a = ap.parse_args(argv)
-    problem = flag_problem(a)
+def generation_flag_problem(a: argparse.Namespace) -> str:
+    """The first of add_generation_flags' flags out of range, as a message naming flag and value;
+    "" if none. These mistakes otherwise surface after the model has loaded, or as a traceback
+    from generate()."""
+    given = {name: bound for name, bound in GENERATION_BOUNDS.items() if getattr(a, name) is not None}
+    problem = bound_problem(a, given)             # --max-rows None: no cap, nothing to check
     if problem:
-        ap.error(problem)
-    return a
-
-
-def flag_problem(a: argparse.Namespace) -> str:
-    """The first flag out of range, as a message naming flag and value; "" if none. These
-    mistakes otherwise surface after the model has loaded, or as a traceback from generate()."""
-    lows = {"n": ("--samples", 1), "top_k": ("--top-k", 0), "max_new_tokens": ("--max-new-tokens", 1),
-            "prompt_budget": ("--prompt-budget", 1), "workers": ("--workers", 1), "max_rows": ("--max-rows", 1)}
-    for name, (flag, low) in lows.items():
-        value = getattr(a, name)
-        if value is not None and value < low:
-            return f"{flag} must be >= {low}, not {value}"
-    if not (math.isfinite(a.temperature) and a.temperature >= 0):
-        return f"--temperature must be a finite number >= 0, not {a.temperature}"
+        return problem
     if not 0 < a.top_p <= 1:
         return f"--top-p must be in (0, 1], not {a.top_p}"
-    if a.kv_gib is not None and not (math.isfinite(a.kv_gib) and a.kv_gib * 2**30 >= 1):
-        return f"--kv-gib must be a finite number > 0, not {a.kv_gib}"
     if not os.path.isdir(a.model):
         return f"--model {a.model}: no such folder"
-    if a.data is not None and not os.path.exists(a.data):
-        return f"--data {a.data}: no such file or folder"
-    if a.prompt is not None and not a.prompt.strip():
-        return "--prompt is empty"
-    if a.out is not None and (a.data is None or not os.path.isdir(os.path.dirname(a.out) or ".")):
-        return f"--out {a.out}: " + ("only written with --data" if a.data is None else "its folder does not exist")
     return ""
 
 
-def start_device():
-    """(rank, world, device): one process, or this rank's GPU under torchrun (gloo on CPU)."""
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    if torch.cuda.is_available():
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
-    if world > 1:
-        # Before the group exists: torch.distributed.nn binds the default group into its functions'
-        # defaults when first imported (torch._dynamo pulls it in when the model is built on the meta
-        # device). That reference kept the gloo group and its worker threads alive past
-        # destroy_process_group, and a worker still freeing the last collective's tensors at
-        # interpreter exit aborted the rank ("terminate called without an active exception").
-        import torch.distributed.nn as _dist_nn  # noqa: F401
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return rank, world, device
+def generation_kwargs(a: argparse.Namespace, rank: int) -> dict:
+    """generate()'s keywords from add_generation_flags' flags; each rank samples with its own seed."""
+    return dict(temperature=a.temperature, top_p=a.top_p, top_k=a.top_k, max_rows=a.max_rows,
+                cuda_graphs=a.cuda_graphs, max_new_tokens=a.max_new_tokens, seed=a.seed + rank,
+                kv_budget=kv_budget_of(a.kv_gib))
 
 
-def load_problems(a: argparse.Namespace, tok) -> tuple[list, list, int]:
-    """--data's records with their prompt ids, less those over --prompt-budget tokens;
-    returns (records kept, their indices in the file, how many were dropped). Dropping
-    happens here, before the model loads: one 200 KB problem (~100K tokens) otherwise
-    reserves its length in every KV row and spends minutes in a quadratic prefill before
-    the first token. Tokenizing it takes milliseconds."""
-    recs = load_records(a.data)   # a missing file or pyarrow: DataError, printed by clean_exit
-    kept, where = [], []
-    for i, r in enumerate(recs):
-        ids = r.get("prompt_ids") or prompt_ids(tok, r["problem"], a.template)
-        if len(ids) <= a.prompt_budget:
-            kept.append(dict(r, prompt_ids=ids))
-            where.append(i)
-    dropped = len(recs) - len(kept)
-    if dropped and int(os.environ.get("RANK", 0)) == 0:
-        print(f"sample.py: {a.data}: dropped {dropped} of {len(recs)} problems, over the {a.prompt_budget}-token "
-              f"prompt budget (--prompt-budget)", file=sys.stderr)
-    if not kept:
-        raise DataError(f"{a.data}: no problem fits the {a.prompt_budget}-token prompt budget (--prompt-budget)")
-    return kept, where, dropped
+def load_sampler(a: argparse.Namespace, device, longest: int, program: str) -> Transformer:
+    """--model's weights in --dtype (bfloat16 on GPU, float32 on CPU) on device, loaded only once
+    --kv-gib is known to hold the longest prompt (`longest` tokens) + --max-new-tokens; if it
+    cannot, one line naming the flag and argparse's exit status, before any weight is read."""
+    dtype = getattr(torch, a.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
+    tokens = longest + a.max_new_tokens
+    problem = kv_budget_problem(read_config(a.model), kv_budget_of(a.kv_gib), tokens, dtype)
+    if problem:
+        print(f"{program}: error: --kv-gib {a.kv_gib}: {problem} (the longest prompt, {longest} tokens, "
+              f"+ --max-new-tokens {a.max_new_tokens})", file=sys.stderr)
+        raise SystemExit(2)
+    return Transformer.from_pretrained(a.model, device=device, dtype=dtype).eval()
+
+
+def parse_flags(argv=None) -> argparse.Namespace:
+    """The --prompt command line, every flag checked before anything is loaded (argparse's
+    one-line error, naming the flag and its value, and exit status 2)."""
+    ap = argparse.ArgumentParser(prog="sample.py", description=__doc__.split("How generate() works")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--prompt", required=True, help="one user message: render the chat template, stream the reply")
+    add_generation_flags(ap)
+    a = ap.parse_args(argv)
+    problem = generation_flag_problem(a) or ("" if a.prompt.strip() else "--prompt is empty")
+    if problem:
+        ap.error(problem)
+    return a
 
 
 class _Printer:
@@ -870,55 +767,45 @@ def chat(model, tok, ids: list, kw: dict):
     print()
 
 
-def evaluate_to_files(model, tok, a, recs: list, where: list, dropped: int, rank: int, world: int, kw: dict):
-    """evaluate() on the kept records; rank 0 writes --out and prints the summary line. Rows
-    keep their index in the --data file, not in the kept list."""
-    think = requires_think(a.think, a.template or tok.chat_template)
-    rows, summ = evaluate(model, tok, recs, n=a.n, require_think=think, template=a.template,
-                          workers=a.workers, rank=rank, world=world, progress=True, **kw)
-    for r in rows:
-        r["index"] = where[r["index"]]
-    if rank != 0:
-        return
-    if a.out:
-        tmp = a.out + ".tmp"
-        with open(tmp, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows)
-        os.replace(tmp, a.out)                          # never a half-written results file
-    summ.update(model=a.model, data=a.data, require_think=think, over_prompt_budget=dropped)
-    print(json.dumps(summ))
-
-
 def run(a: argparse.Namespace):
-    """Inputs first (tokenizer, prompts, budget), then the model, then sampling."""
-    rank, world, device = start_device()
-    tok = Tokenizer.from_pretrained(a.model)
-    if a.prompt is not None:
+    """Inputs first (tokenizer, prompt, budget), then the model, then the streamed reply."""
+    rank, world, device = start_distributed()
+    try:
+        tok = Tokenizer.from_pretrained(a.model)
         ids = tok.encode_chat(a.prompt, a.template)
         if len(ids) > a.prompt_budget:
             raise DataError(f"--prompt is {len(ids)} tokens, over --prompt-budget {a.prompt_budget}")
-    else:
-        recs, where, dropped = load_problems(a, tok)
-    dtype = getattr(torch, a.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
-    model = Transformer.from_pretrained(a.model, device=device, dtype=dtype).eval()
-    kw = dict(temperature=a.temperature, top_p=a.top_p, top_k=a.top_k, max_rows=a.max_rows,
-              cuda_graphs=a.cuda_graphs, max_new_tokens=a.max_new_tokens, seed=a.seed + rank,
-              kv_budget=None if a.kv_gib is None else int(a.kv_gib * 2**30))
-    try:
-        if a.prompt is not None:
-            chat(model, tok, ids, kw)
-        else:
-            evaluate_to_files(model, tok, a, recs, where, dropped, rank, world, kw)
-    except FloatingPointError as e:      # NaN/inf logits: the weights in --model, not the data
-        raise ModelFileError(f"--model {a.model}: {e}") from None
+        model = load_sampler(a, device, len(ids), "sample.py")
+        try:
+            chat(model, tok, ids, generation_kwargs(a, rank))
+        except FloatingPointError as e:      # NaN/inf logits: the weights in --model, not the prompt
+            raise ModelFileError(f"--model {a.model}: {e}") from None
     finally:
-        if world > 1:
-            dist.destroy_process_group()    # join gloo's threads while the interpreter is whole, on any exit
+        stop_distributed()                   # on any exit, while the interpreter is whole
+
+
+def run_evaluate_py(argv: list):
+    """`sample.py --data ...`, the evaluation command before it had a file of its own: one line
+    on stderr, then evaluate.py run as a program with the same flags, as `python evaluate.py`
+    would run it (under torchrun too). Run by path, never imported: evaluate.py imports this
+    file, and imports only flow downwards."""
+    print0(f"sample.py --data is now evaluate.py: running python evaluate.py {shlex.join(argv)}", file=sys.stderr)
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "evaluate.py")
+    saved, sys.argv = sys.argv, [path, *argv]
+    try:
+        runpy.run_path(path, run_name="__main__")
+    finally:
+        sys.argv = saved
 
 
 def main(argv=None):
+    """The --prompt command line; a command line with --data runs evaluate.py instead."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if any(arg == "--data" or arg.startswith("--data=") for arg in argv):
+        run_evaluate_py(argv)
+        return
     a = parse_flags(argv)
-    with clean_exit("sample.py", on_interrupt="no results were written"):
+    with clean_exit("sample.py"):
         run(a)
 
 

@@ -32,6 +32,8 @@ import os
 import random
 import shutil
 
+import torch.distributed as dist
+
 from data import Tokenizer, _byte_decoder
 from model import ModelConfig, Transformer
 
@@ -162,3 +164,31 @@ def prepare(out: str, seed: int) -> tuple[str, str, str]:
             f.writelines(json.dumps(row) + "\n" for row in make_task(size, seed=1, split=split))
         os.replace(path + ".tmp", path)
     return model_dir, train_path, heldout_path
+
+
+# train.py's defaults for the toy: what `python train.py` runs when no --model is given (flags
+# given on the command line override them).
+TRAIN_DEFAULTS = dict(
+    # rollouts: 32 prompts x 8 samples at temperature 1; a chain and its answer fit in 40 tokens
+    prompts_per_step=32, samples=8, ctx=40, prompt_budget=64, temperature=1.0,
+    # a tiny model takes a large constant rate; no KL or entropy term, one update per batch
+    lr=3e-4, weight_decay=0.0, updates_per_step=1, kl_coef=0.0, entropy_coef=0.0, old_logp="sampler",
+    micro_tokens=8192, grad_ckpt=False, steps=30,
+    # supervised warm-up on the records' solutions: 600 steps of 32
+    sft_steps=600, sft_lr=3e-3, sft_batch=32,
+    # held-out accuracy as training samples: 4 samples per problem at temperature 1, top_p 1
+    eval_every=10, eval_samples=4, eval_temperature=1.0, eval_top_p=1.0,
+    save_every=10, show_every=30, out="runs/toy")
+
+
+def use_in(cfg, rank: int, world: int):
+    """No --model: build the toy's model, tokenizer and task under --out (once), and point
+    --model, --data and --eval-data at them."""
+    if rank == 0:
+        prepare(cfg.out, seed=cfg.seed)     # builds what is missing, atomically
+    if world > 1:
+        dist.barrier()
+    model_dir, train_path, heldout_path = paths(cfg.out)
+    cfg.model = model_dir
+    cfg.data = cfg.data or train_path
+    cfg.eval_data = cfg.eval_data or heldout_path

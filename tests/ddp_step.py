@@ -5,7 +5,8 @@
 
 Rank 0 writes the parameters after the optimizer step and the update's logged metrics
 (train.token_means: entropy, KL, clip fraction, loss) to OUT.pt. Rank 0 gets more tokens than
-rank 1, so the ranks pack different numbers of micro-batches and the padding path runs too.
+rank 1, so the ranks pack different numbers of micro-batches (4 and 2): only the last backward of each
+synchronises.
 """
 import os
 import sys
@@ -44,7 +45,8 @@ cfg = train.Config(micro_tokens=20, kl_coef=0.01, entropy_coef=0.01, temperature
 mine = seqs if world == 1 else (seqs[:4] if rank == 0 else seqs[4:])
 ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
 opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-sums = train.train_minibatch(ddp, model, mine, cfg, torch.device("cpu"), world, amp=False)
+sums = train.train_minibatch(ddp, model, mine, loss_fn=train.grpo_loss, temperature=cfg.temperature, cfg=cfg,
+                             device=torch.device("cpu"), world=world, amp=False)
 metrics = train.token_means(sums, world, torch.device("cpu"))     # collective: every rank calls it
 train.optimizer_step(model, opt, cfg.grad_clip)
 if rank == 0:

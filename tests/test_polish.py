@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from dataclasses import fields
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -137,7 +138,7 @@ def test_help_explains_every_flag(capsys):
     with pytest.raises(SystemExit):
         polish.parse_config(["--help"])
     text = capsys.readouterr().out
-    for f in polish.fields(polish.Config):
+    for f in fields(polish.Config):
         assert "--" + f.name.replace("_", "-") in text
     assert "shortest acceptable chain" in text
 
@@ -314,17 +315,18 @@ def test_think_flag_decides_chains_without_close_tag(tmp_path, monkeypatch, toy_
 # ----------------------------------------------------------------------------- failing fast
 
 BAD_FLAGS = [   # (flags, what stderr must say: flag and value)
-    (["--samples", "0"], "--samples must be a number >= 1, not 0"),
-    (["--rounds", "0"], "--rounds must be a number >= 1, not 0"),
-    (["--chunk", "0"], "--chunk must be a number >= 1, not 0"),
-    (["--workers", "0"], "--workers must be a number >= 1, not 0"),
-    (["--max-new-tokens", "0"], "--max-new-tokens must be a number >= 1, not 0"),
-    (["--prompt-budget", "0"], "--prompt-budget must be a number >= 1, not 0"),
-    (["--min-tokens", "-2"], "--min-tokens must be a number >= -1, not -2"),
-    (["--max-rows", "-1"], "--max-rows must be a number >= 0, not -1"),
-    (["--kv-gib", "-1"], "--kv-gib must be a number >= 0.0, not -1.0"),
-    (["--kv-gib", "inf"], "--kv-gib must be a number >= 0.0, not inf"),
-    (["--temperature", "nan"], "--temperature must be a number >= 0.0, not nan"),
+    (["--samples", "0"], "--samples must be >= 1, not 0"),
+    (["--rounds", "0"], "--rounds must be >= 1, not 0"),
+    (["--chunk", "0"], "--chunk must be >= 1, not 0"),
+    (["--workers", "0"], "--workers must be >= 1, not 0"),
+    (["--max-new-tokens", "0"], "--max-new-tokens must be >= 1, not 0"),
+    (["--prompt-budget", "0"], "--prompt-budget must be >= 1, not 0"),
+    (["--min-tokens", "-2"], "--min-tokens must be >= -1, not -2"),
+    (["--max-rows", "-1"], "--max-rows must be >= 0, not -1"),
+    (["--kv-gib", "-1"], "--kv-gib must be >= 0.0, not -1.0"),
+    (["--kv-gib", "inf"], "--kv-gib must be a finite number, not inf"),
+    (["--temperature", "nan"], "--temperature must be a finite number, not nan"),
+    (["--temperature", "-0.5"], "--temperature must be >= 0.0, not -0.5"),
     (["--top-p", "1.5"], "--top-p must be in (0, 1], not 1.5"),
     (["--top-p", "0"], "--top-p must be in (0, 1], not 0.0"),
     (["--think", "maybe"], "--think must be one of auto, yes, no, not 'maybe'"),
@@ -343,7 +345,8 @@ BAD_FLAGS = [   # (flags, what stderr must say: flag and value)
 def test_flags_are_checked_before_anything_is_read(flags, message, tmp_path, monkeypatch, toy_dir, capsys):
     data_path, _ = task(tmp_path, 2)
     monkeypatch.setattr(polish, "Transformer", NoWeights)
-    monkeypatch.setattr(polish, "load_records", NoWeights.from_pretrained)
+    monkeypatch.setattr(polish, "load_problems", NoWeights.from_pretrained)   # nor --data
+    monkeypatch.setattr(polish, "load_records", NoWeights.from_pretrained)    # (merge without --model)
     swap = {"MISSING": str(tmp_path / "missing"), "DATA": data_path, "TMP": str(tmp_path)}
     flags = [swap.get(f, f) for f in flags]
     err = exits(capsys, ["--model", toy_dir, "--data", data_path, "--out", str(tmp_path / "o.jsonl"), *flags])
@@ -365,7 +368,8 @@ def test_model_folder_and_kv_budget_checked_before_the_weights(tmp_path, monkeyp
     monkeypatch.setattr(polish, "Transformer", NoWeights)
     args = ["--data", data_path, "--out", str(tmp_path / "o.jsonl"), "--max-new-tokens", "64"]
     err = exits(capsys, ["--model", toy_dir, *args, "--kv-gib", "1e-6"])
-    assert "--kv-gib 1e-06 holds no sequence: the longest prompt (31 tokens) + --max-new-tokens 64" in err
+    assert "--kv-gib 1e-06 is too small for the longest prompt (31 tokens) + --max-new-tokens 64: " in err
+    assert "holds no sequence of 95 tokens, which needs" in err and err.count("\n") == 1
     broken = tmp_path / "broken"
     shutil.copytree(toy_dir, broken)
     (broken / "config.json").write_text('{"model_type": "qwen2"')
@@ -401,7 +405,8 @@ def test_prompts_over_the_budget_are_dropped_listed_and_counted(tmp_path, monkey
     monkeypatch.setattr(polish, "Transformer", NoWeights)     # every prompt over: refused before the weights
     err = exits(capsys, ["--model", toy_dir, "--data", str(path), "--out", str(tmp_path / "x.jsonl"),
                          "--prompt-budget", "8"])
-    assert "every prompt of --data" in err and "(the shortest has 31)" in err
+    assert err.splitlines()[-1] == (f"polish.py: error: {path}: no problem fits the 8-token prompt budget "
+                                    "(--prompt-budget); the shortest prompt has 31 tokens")   # data.load_problems
 
 
 # ----------------------------------------------------------------------------- NaN and Ctrl-C

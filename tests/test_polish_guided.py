@@ -184,7 +184,7 @@ def test_guided_rounds_and_the_flags(tmp_path, monkeypatch, toy_dir, capsys):
         [("none", 1, 4, 2, 8)] * 2
     assert sorted(seen.values()) == [1, 1, 2, 2]
     argv = ["--model", toy_dir, "--data", data_path, "--out", str(tmp_path / "x.jsonl")]
-    assert "--guided-rounds must be a number >= 1, not 0" in exits(capsys, argv + ["--guided-rounds", "0"])
+    assert "--guided-rounds must be >= 1, not 0" in exits(capsys, argv + ["--guided-rounds", "0"])
     err = exits(capsys, argv + ["--temperature", "0", "--samples", "1", "--guided-rounds", "2"])
     assert "--guided-rounds 2 would repeat one chain" in err
     polish.parse_config(argv + ["--temperature", "0", "--samples", "1", "--guided-rounds", "2", "--no-guided"])

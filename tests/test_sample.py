@@ -4,22 +4,16 @@ full forward passes, its log-probs against model.token_logprobs, and its samplin
 SMOLLM2_DIR=/path/to/SmolLM2-135M-Instruct also runs greedy generate == transformers' greedy
 generate on a few chat prompts.
 """
-import json
-import math
 import os
-import subprocess
-import sys
 from collections import Counter
-from pathlib import Path
 
 import pytest
 import torch
 
 from model import ModelConfig, Transformer
 import sample
-from sample import Completion, evaluate, generate, pass_at_k, summarize
+from sample import generate
 
-REPO = Path(__file__).resolve().parents[1]
 BASE = dict(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2, eos_token_id=[3])
 CONFIGS = {"qwen2": dict(BASE, model_type="qwen2"),
@@ -165,7 +159,7 @@ def test_seed_reproducible_and_samples_differ():
 
 def test_bad_input_is_refused_clearly():
     m = tiny()
-    with pytest.raises(ValueError, match="KV cache per row"):
+    with pytest.raises(ValueError, match="holds no sequence of 300 tokens"):
         generate(m, [list(range(50)) * 4], max_new_tokens=100, kv_budget=10_000)
     with pytest.raises(ValueError, match="non-empty"):
         generate(m, [[1, 2], []])
@@ -175,88 +169,12 @@ def test_bad_input_is_refused_clearly():
         generate(m, [[1]], temperature=-1)
 
 
-def test_pass_at_k_and_summary():
-    assert pass_at_k(4, 1, 2) == pytest.approx(0.5)                 # 1 - C(3,2)/C(4,2)
-    assert pass_at_k(4, 0, 4) == 0.0 and pass_at_k(4, 3, 2) == 1.0
-    rows = [dict(correct=[True, False, False, False], lengths=[10, 20, 30, 40],
-                 finish=["stop", "stop", "length", "stop"]),
-            dict(correct=[True, True, True, False], lengths=[5, 5, 5, 5], finish=["stop"] * 4)]
-    s = summarize(rows, 4)
-    assert s["pass@1"] == pytest.approx(0.5)
-    assert s["pass@1_ci95"] == pytest.approx(1.96 * math.sqrt(0.125) / math.sqrt(2))  # sd of .25, .75
-    assert s["pass@2"] == pytest.approx((0.5 + 1.0) / 2)
-    assert s["pass@4"] == pytest.approx(1.0)
-    assert s["mean_length"] == pytest.approx(15.0) and s["truncated"] == pytest.approx(1 / 8)
-
-
-def test_evaluate_grades_rows_in_problem_order(tmp_path, monkeypatch):
-    """evaluate() with canned completions: the stop token is dropped before grading, a record's
-    `answers` list counts, require_think needs </think>, and rows/summary come back per problem."""
-    import toy
-    from data import Tokenizer
-    toy.write_tokenizer(str(tmp_path))
-    tok = Tokenizer.from_pretrained(str(tmp_path))
-    eos = tok.eos_ids[0]
-    replies = {  # per problem: n = 2 replies, (text, finished with the stop token)
-        "p0": [("so </think> \\boxed{12}", True), ("\\boxed{12}", False)],   # 2nd lacks </think>
-        "p1": [("</think> \\boxed{0.5}", True), ("</think> \\boxed{3}", True)],
-        "p2": [("</think> \\boxed{7}", False), ("</think> nothing", False)]}
-    recs = [dict(problem="p0", answer="12"), dict(problem="p1", answer="1/2", answers=["1/2", "3"]),
-            dict(problem="p2", answer="8")]
-    seen = {}
-
-    def fake_generate(model, prompts, n, callback=None, **kw):
-        seen.update(kw, n=n, prompts=prompts)
-        outs = []
-        for p in prompts:
-            for text, stopped in replies[tok.decode(p)]:
-                ids = tok.encode(text) + ([eos] if stopped else [])
-                outs.append(Completion(ids, [0.0] * len(ids), "stop" if stopped else "length"))
-        return outs
-    monkeypatch.setattr(sample, "generate", fake_generate)
-    recs = [dict(r, prompt_ids=tok.encode(r["problem"])) for r in recs]
-    rows, s = evaluate(None, tok, recs, n=2, require_think=True, workers=1, max_new_tokens=9, temperature=0.6)
-    assert seen["n"] == 2 and seen["max_new_tokens"] == 9 and seen["temperature"] == 0.6
-    assert [r["index"] for r in rows] == [0, 1, 2]
-    assert [r["correct"] for r in rows] == [[True, False], [True, True], [False, False]]
-    assert rows[0]["responses"][0] == "so </think> \\boxed{12}"              # no stop token text
-    assert rows[2]["finish"] == ["length", "length"] and rows[1]["pass@1"] == 1.0
-    assert s["pass@1"] == pytest.approx((0.5 + 1 + 0) / 3) and s["truncated"] == pytest.approx(3 / 6)
-    _, s = evaluate(None, tok, recs[:1], n=2, require_think=False, workers=1)
-    assert s["pass@1"] == 1.0                                               # </think> not asked for
-
-
-def test_cli_evaluation_under_torchrun_equals_one_process(tmp_path):
-    """`sample.py --data` on 2 gloo ranks (greedy, toy model): per-problem JSONL and a summary
-    line equal to evaluate() in this process."""
-    import toy
-    from data import Tokenizer, load_records
-    toy.build_model_dir(str(tmp_path / "m"), layers=1, hidden=32)
-    with open(tmp_path / "d.jsonl", "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in toy.make_task(5, seed=0))
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
-                        str(REPO / "sample.py"), "--model", "m", "--data", "d.jsonl", "--samples", "2", "--temperature",
-                        "0", "--max-new-tokens", "8", "--out", "res.jsonl", "--workers", "1"], cwd=tmp_path,
-                       capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert r.returncode == 0, r.stderr[-2000:]
-    summary = json.loads(r.stdout.strip().splitlines()[-1])
-    rows = [json.loads(line) for line in open(tmp_path / "res.jsonl")]
-    m = Transformer.from_pretrained(str(tmp_path / "m")).eval()
-    want, s = evaluate(m, Tokenizer.from_pretrained(str(tmp_path / "m")), load_records(str(tmp_path / "d.jsonl")),
-                       n=2, require_think=True, workers=1, temperature=0, max_new_tokens=8)
-    assert rows == want and summary["require_think"] is True
-    assert {k: summary[k] for k in s if k != "tokens_per_s"} == {k: v for k, v in s.items() if k != "tokens_per_s"}
-    bad = subprocess.run([sys.executable, str(REPO / "sample.py"), "--model", "m", "--data", "nope.jsonl"],
-                         cwd=tmp_path, capture_output=True, text=True)
-    assert bad.returncode != 0 and "nope.jsonl" in bad.stderr and "Traceback" not in bad.stderr
-
-
 def test_cli_help_documents_flags(capsys):
     with pytest.raises(SystemExit):
         sample.main(["--help"])
     out = capsys.readouterr().out
-    for flag in ("--model", "--prompt", "--data", "--samples", "--n", "--temperature", "--top-p", "--out",
-                 "--max-new-tokens"):
+    for flag in ("--model", "--prompt", "--temperature", "--top-p", "--top-k", "--max-new-tokens", "--kv-gib",
+                 "--cuda-graphs", "evaluate.py"):
         assert flag in out
 
 

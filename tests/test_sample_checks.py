@@ -70,8 +70,24 @@ def test_generate_refuses_bad_arguments_by_name(kw, error, match):
 
 
 def test_kv_budget_message_uses_readable_units():
-    with pytest.raises(ValueError, match=r"needs [\d.]+ KiB of KV cache per row, over the budget of 9\.8 KiB"):
+    # one row: K and V x 2 layers x 2 KV heads x 8 dims x 300 tokens x 4 bytes = 75.0 KiB
+    with pytest.raises(ValueError, match=r"the KV budget of 9\.8 KiB holds no sequence of 300 tokens, which needs "
+                                         r"75\.0 KiB of KV cache \(the longest prompt, 200 tokens, \+ max_new_tokens"):
         generate(tiny(), [list(range(50)) * 4], max_new_tokens=100, kv_budget=10_000)
+
+
+def test_kv_budget_rule_is_one_reading_of_gib_and_one_check():
+    """--kv-gib at every entry point is GiB through kv_budget_of (0 or None: generate()'s default
+    budget); kv_budget_problem is generate()'s own check, made by the CLIs before loading weights."""
+    assert sample.kv_budget_of(0) is None and sample.kv_budget_of(0.0) is None and sample.kv_budget_of(None) is None
+    assert sample.kv_budget_of(1.5) == 3 * 2**29
+    cfg, f32 = tiny().config, torch.float32
+    per_row = sample.KVCache.bytes_per_row(cfg, 300, f32)
+    assert per_row == 2 * 2 * 2 * 8 * 300 * 4
+    assert sample.kv_budget_problem(cfg, None, 300, f32) == ""              # the default: sized later
+    assert sample.kv_budget_problem(cfg, per_row, 300, f32) == ""
+    assert sample.kv_budget_problem(cfg, per_row - 1, 300, f32).startswith("the KV budget of 75.0 KiB holds no")
+    generate(tiny(), [list(range(50)) * 4], max_new_tokens=100, kv_budget=per_row)   # exactly one row fits
 
 
 def test_stop_ids_as_a_tensor_or_an_int_stop_like_a_list():
@@ -147,53 +163,60 @@ def model_dir(tmp_path_factory):
 
 
 BAD_FLAGS = [
-    (["--temperature", "nan"], "--temperature must be a finite number >= 0, not nan"),
-    (["--temperature", "-1"], "--temperature must be a finite number >= 0, not -1.0"),
+    (["--temperature", "nan"], "--temperature must be a finite number, not nan"),
+    (["--temperature", "-1"], "--temperature must be >= 0.0, not -1.0"),
     (["--top-p", "1.5"], "--top-p must be in (0, 1], not 1.5"),
     (["--top-k", "-2"], "--top-k must be >= 0, not -2"),
-    (["--samples", "0"], "--samples must be >= 1, not 0"),
     (["--max-new-tokens", "0"], "--max-new-tokens must be >= 1, not 0"),
     (["--max-rows", "0"], "--max-rows must be >= 1, not 0"),
-    (["--kv-gib", "0"], "--kv-gib must be a finite number > 0, not 0.0"),
+    (["--kv-gib", "-1"], "--kv-gib must be >= 0.0, not -1.0"),
+    (["--kv-gib", "inf"], "--kv-gib must be a finite number, not inf"),
     (["--prompt-budget", "0"], "--prompt-budget must be >= 1, not 0"),
-    (["--workers", "0"], "--workers must be >= 1, not 0"),
-    (["--out", "no/such/dir/r.jsonl"], "--out no/such/dir/r.jsonl: its folder does not exist"),
-    (["--data", "nope.jsonl"], "--data nope.jsonl: no such file or folder"),
+    (["--prompt", "  "], "--prompt is empty"),
+    (["--samples", "2"], "unrecognized arguments: --samples 2"),     # evaluate.py's flag
     (["--model", "nope"], "--model nope: no such folder"),
 ]
 
 
-@pytest.mark.parametrize("flags,message", BAD_FLAGS, ids=[f[0] for f, _ in BAD_FLAGS])
+@pytest.mark.parametrize("flags,message", BAD_FLAGS, ids=[" ".join(f) for f, _ in BAD_FLAGS])
 def test_cli_checks_flags_before_loading_anything(flags, message, model_dir, monkeypatch, capsys):
     monkeypatch.chdir(model_dir)
-    for name in ("from_pretrained",):
-        monkeypatch.setattr(sample.Tokenizer, name, pytest.fail)
-        monkeypatch.setattr(sample.Transformer, name, pytest.fail)
+    monkeypatch.setattr(sample.Tokenizer, "from_pretrained", pytest.fail)
+    monkeypatch.setattr(sample.Transformer, "from_pretrained", pytest.fail)
     with pytest.raises(SystemExit) as e:
-        sample.main(["--model", "m", "--data", "d.jsonl", *flags])
+        sample.main(["--model", "m", "--prompt", "What is 1 + 2?", *flags])
     assert e.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1] == "sample.py: error: " + message
 
 
-def test_cli_drops_prompts_over_the_budget_before_generating(model_dir, monkeypatch, capsys):
-    """A 200 KB problem used to be prefilled in full (~100K tokens of quadratic attention, minutes
-    on CPU); it is now dropped at load time, counted, and the rows keep their file index."""
+def test_cli_kv_gib_0_is_the_default_and_too_little_fails_before_loading(model_dir, monkeypatch, capsys):
+    """--kv-gib 0 is generate()'s default budget, as in train.py and polish.py; a budget that holds
+    no sequence is one line from kv_budget_problem before any weight is read."""
     monkeypatch.chdir(model_dir)
-    seen = []
+    assert sample.parse_flags(["--model", "m", "--prompt", "hi", "--kv-gib", "0"]).kv_gib == 0.0
+    assert sample.parse_flags(["--model", "m", "--prompt", "hi"]).kv_gib == 0.0
+    seen = {}
     real = sample.generate
 
     def spy(model, prompts, **kw):
-        seen.extend(map(len, prompts))
-        assert max(seen) <= 1024, "a prompt over the budget reached generate()"   # fail fast, not after minutes
+        seen.update(kw)
         return real(model, prompts, **kw)
     monkeypatch.setattr(sample, "generate", spy)
-    sample.main(["--model", "m", "--data", "d.jsonl", "--max-new-tokens", "4", "--workers", "1",
-                 "--out", "r.jsonl"])
-    out, err = capsys.readouterr()
-    assert len(seen) == 2 and max(seen) <= 1024
-    assert json.loads(out.splitlines()[-1])["over_prompt_budget"] == 1
-    assert "dropped 1 of 3 problems, over the 1024-token prompt budget" in err
-    assert [json.loads(line)["index"] for line in open(model_dir / "r.jsonl")] == [0, 2]
+    sample.main(["--model", "m", "--prompt", "What is 1 + 2?", "--max-new-tokens", "2", "--kv-gib", "0"])
+    assert seen["kv_budget"] is None
+    monkeypatch.setattr(sample.Transformer, "from_pretrained", pytest.fail)
+    with pytest.raises(SystemExit) as e:
+        sample.main(["--model", "m", "--prompt", "What is 1 + 2?", "--max-new-tokens", "4", "--kv-gib", "1e-6"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1
+    assert err[0].startswith("sample.py: error: --kv-gib 1e-06: the KV budget of 1.0 KiB holds no sequence of "
+                             "18 tokens")
+    assert err[0].endswith("(the longest prompt, 14 tokens, + --max-new-tokens 4)")
+
+
+def test_cli_prompt_over_the_budget_is_one_line(model_dir, monkeypatch, capsys):
+    monkeypatch.chdir(model_dir)
+    monkeypatch.setattr(sample.Transformer, "from_pretrained", pytest.fail)
     with pytest.raises(SystemExit) as e:
         sample.main(["--model", "m", "--prompt", "What is 1 + 2?", "--prompt-budget", "5"])
     assert e.value.code == 2
@@ -213,18 +236,14 @@ def test_cli_nan_model_is_one_line_naming_the_folder(model_dir, tmp_path, capsys
     assert err[0].startswith(f"sample.py: error: --model {tmp_path / 'nan'}: generate: the model's logits are not finite")
 
 
-def test_cli_interrupt_and_bad_rows_are_one_line(model_dir, monkeypatch, capsys):
+def test_cli_data_runs_evaluate_py_with_a_notice(model_dir, monkeypatch, capsys):
+    """`sample.py --data` is evaluate.py under its old name: a notice, then evaluate.py's own
+    checks and messages (its flags, its program name)."""
     monkeypatch.chdir(model_dir)
-
-    def interrupted(*a, **kw):
-        raise KeyboardInterrupt
-    monkeypatch.setattr(sample, "evaluate", interrupted)
     with pytest.raises(SystemExit) as e:
-        sample.main(["--model", "m", "--data", "d.jsonl"])
-    assert e.value.code == 130
-    assert capsys.readouterr().err.splitlines()[-1] == "sample.py: interrupted: no results were written"
-    (model_dir / "bad.jsonl").write_text('{"problem": "1 + 1?", "answer": "2"}\n{"answer": "3"}\n')
-    with pytest.raises(SystemExit) as e:
-        sample.main(["--model", "m", "--data", "bad.jsonl"])
+        sample.main(["--model", "m", "--data", "nope.jsonl", "--samples", "2"])
     assert e.value.code == 2
-    assert capsys.readouterr().err.strip().startswith("sample.py: error: bad.jsonl:2: ")
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == ("sample.py --data is now evaluate.py: running python evaluate.py --model m --data nope.jsonl "
+                      "--samples 2")
+    assert err[-1] == "evaluate.py: error: --data nope.jsonl: no such file or folder"

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import train
+from data import take
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -162,14 +163,14 @@ def test_data_order_visits_each_epoch_once_in_uneven_steps():
     recs = [f"r{i}" for i in range(10)]
     seen, pos = [], 0
     for count in [3, 4, 6, 2, 7, 1, 5, 2]:      # boundaries at 10 and 20 fall inside steps
-        seen += train.take(recs, 7, pos, count)
+        seen += take(recs, 7, pos, count)
         pos += count
     assert pos == 30
     for e in range(3):
         epoch = seen[10 * e:10 * (e + 1)]
         assert sorted(epoch) == sorted(recs), e
         assert epoch == [recs[i] for i in epoch_order(10, 7, e)], e
-    assert train.take(recs, 7, 8, 14) == seen[8:22]   # a step longer than an epoch
+    assert take(recs, 7, 8, 14) == seen[8:22]   # a step longer than an epoch
 
 
 def test_resume_drops_the_metrics_rows_past_its_checkpoint(tmp_path):

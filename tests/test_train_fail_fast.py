@@ -12,6 +12,7 @@
 """
 import json
 import os
+from dataclasses import asdict
 import shutil
 import signal
 import subprocess
@@ -24,6 +25,7 @@ import torch
 
 import grpo
 import toy
+import runfolder
 import train
 from data import Tokenizer
 from model import ModelConfig, Transformer
@@ -32,6 +34,13 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = dict(model_type="qwen2", hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, torch_dtype="float32")
 PROBLEMS = 16
+
+
+def save(model, opt, cfg, step: int, data_pos: int, tok_dir: str) -> str:
+    """runfolder.save_checkpoint as train.py's save_step calls it."""
+    state = runfolder.TrainerState(step=step, data_pos=data_pos, optimizer=opt.state_dict(), config=asdict(cfg),
+                                   rng=torch.get_rng_state())
+    return runfolder.save_checkpoint(model, state, cfg.out, cfg.keep, tok_dir)
 
 
 @pytest.fixture(scope="module")
@@ -185,7 +194,7 @@ def test_ctrl_c_names_the_intact_checkpoint_and_resume_continues(task, tmp_path,
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"train.py: interrupted: the last checkpoint in {out / 'checkpoints'} is intact; "
                    "the same command with --resume auto continues from it"]
-    assert train.complete_checkpoints(str(out / "checkpoints")) == ["step_000001"]
+    assert runfolder.complete_checkpoints(str(out / "checkpoints")) == ["step_000001"]
     train.main(flags(task, out, "--save-every", "1", "--steps", "2", "--resume", "auto"))
     assert [r["step"] for r in rows(out)] == [1, 2]
 
@@ -203,7 +212,7 @@ def test_a_cut_short_checkpoint_write_or_prune_leaves_the_last_whole_one(tmp_pat
     opt = torch.optim.AdamW(model.parameters())
     cfg = train.Config(out=str(tmp_path), keep=1, resume="auto")
     root = tmp_path / "checkpoints"
-    train.save_checkpoint(model, opt, cfg, 1, 4, tok_dir=str(tmp_path))
+    save(model, opt, cfg, 1, 4, tok_dir=str(tmp_path))
     first = checkpoint_files(root / "step_000001")
 
     def interrupt(*args, **kw):
@@ -212,8 +221,8 @@ def test_a_cut_short_checkpoint_write_or_prune_leaves_the_last_whole_one(tmp_pat
     with monkeypatch.context() as mp:
         mp.setattr(torch, "save", interrupt)
         with pytest.raises(KeyboardInterrupt):
-            train.save_checkpoint(model, opt, cfg, 2, 8, tok_dir=str(tmp_path))
-    assert train.find_resume(cfg) == str(root / "step_000001")
+            save(model, opt, cfg, 2, 8, tok_dir=str(tmp_path))
+    assert runfolder.find_resume(cfg.out, cfg.resume) == str(root / "step_000001")
     assert checkpoint_files(root / "step_000001") == first
 
     real_rmtree = shutil.rmtree
@@ -228,12 +237,12 @@ def test_a_cut_short_checkpoint_write_or_prune_leaves_the_last_whole_one(tmp_pat
     with monkeypatch.context() as mp:
         mp.setattr(shutil, "rmtree", rmtree_cut_short)
         with pytest.raises(KeyboardInterrupt):
-            train.save_checkpoint(model, opt, cfg, 2, 8, tok_dir=str(tmp_path))
-    names = train.complete_checkpoints(str(root))
+            save(model, opt, cfg, 2, 8, tok_dir=str(tmp_path))
+    names = runfolder.complete_checkpoints(str(root))
     assert names == ["step_000002"]
     assert all(os.path.isfile(root / name / "trainer_state.pt") for name in names)
-    assert train.find_resume(cfg) == str(root / "step_000002")
-    train.save_checkpoint(model, opt, cfg, 3, 12, tok_dir=str(tmp_path))
+    assert runfolder.find_resume(cfg.out, cfg.resume) == str(root / "step_000002")
+    save(model, opt, cfg, 3, 12, tok_dir=str(tmp_path))
     assert os.listdir(root) == ["step_000003"]
 
 
@@ -247,7 +256,7 @@ def test_a_kv_budget_below_one_row_of_the_longest_stage_is_refused_before_step_1
             del argv[i:i + 2]
         train.main(argv)
     message = str(e.value.code)
-    assert "holds no sequence of the longest stage" in message and "ctx 4096" in message, message
+    assert "no sequence of the longest stage fits" in message and "ctx 4096" in message, message
     assert not (tmp_path / "run" / "metrics.jsonl").exists() or not (tmp_path / "run" / "metrics.jsonl").read_text()
 
 
@@ -265,9 +274,9 @@ def test_a_save_after_resuming_from_an_earlier_checkpoint_replaces_the_later_one
     opt = torch.optim.AdamW(m.parameters())
     cfg = train.Config(out=str(tmp_path), keep=3)
     for step in (1, 2, 3):
-        train.save_checkpoint(m, opt, cfg, step, 0, task[0])
+        save(m, opt, cfg, step, 0, task[0])
     cfg.keep = 1
-    train.save_checkpoint(m, opt, cfg, 2, 7, task[0])          # the run resumed from step 1 saves its step 2
+    save(m, opt, cfg, 2, 7, task[0])          # the run resumed from step 1 saves its step 2
     root = tmp_path / "checkpoints"
-    assert train.complete_checkpoints(str(root)) == ["step_000002"]
+    assert runfolder.complete_checkpoints(str(root)) == ["step_000002"]
     assert torch.load(root / "step_000002" / "trainer_state.pt", weights_only=False)["data_pos"] == 7

@@ -122,7 +122,8 @@ def test_fresh_samples_give_ratio_one_and_loss_minus_token_mean_advantage():
     cfg = train.Config(temperature=T, kl_coef=0.0, entropy_coef=0.0, loss_agg="token-mean", micro_tokens=60)
     assert len(train.pack(seqs, cfg.micro_tokens)) > 2                     # several micro-batches
     model.zero_grad()
-    m = train.train_minibatch(model, model, seqs, cfg, CPU, world=1, amp=False)
+    m = train.train_minibatch(model, model, seqs, loss_fn=train.grpo_loss, temperature=cfg.temperature, cfg=cfg,
+                              device=CPU, world=1, amp=False)
     got = grads_of(model)
     n_tok = sum(len(s.tokens) for s in seqs)
     want = -sum(s.advantage * len(s.tokens) for s in seqs) / n_tok
@@ -134,6 +135,22 @@ def test_fresh_samples_give_ratio_one_and_loss_minus_token_mean_advantage():
     for a, b in zip(got, grads_of(model)):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     assert sum(float(g.abs().sum()) for g in got) > 0
+
+
+def test_the_update_scores_tokens_at_the_sampling_temperature():
+    """update_policy, as the GRPO step calls it, on fresh samples: the policy's log-probs equal the
+    sampler's only at the sampling temperature, so the ratio is 1, nothing is clipped and the
+    loss is minus the token-mean advantage."""
+    model = tiny_model()
+    seqs = fresh_rollout(model)
+    cfg = train.Config(temperature=T, kl_coef=0.0, entropy_coef=0.0, updates_per_step=1, lr=0.0)
+    run = train.Run(cfg=cfg, rank=0, world=1, device=CPU, amp=False, tok=None, require_think=False)
+    models = train.Models(policy=model, ddp=model, sampler=model, ref=None)
+    update = train.update_policy(run, models, torch.optim.AdamW(model.parameters(), lr=0.0), seqs)
+    means = train.token_means(update.sums, 1, CPU)
+    n_tok = sum(len(s.tokens) for s in seqs)
+    assert means["clip_frac"] == 0.0
+    assert means["loss"] == pytest.approx(-sum(s.advantage * len(s.tokens) for s in seqs) / n_tok, abs=1e-6)
 
 
 @pytest.mark.parametrize("loss_agg", grpo.AGGREGATIONS)
@@ -152,7 +169,8 @@ def test_loss_and_gradients_do_not_depend_on_the_micro_batch_split(loss_agg):
         cfg = train.Config(temperature=T, kl_coef=0.1, entropy_coef=0.01, loss_agg=loss_agg, ctx=9,
                            micro_tokens=micro_tokens)
         model.zero_grad()
-        m = train.train_minibatch(model, model, seqs, cfg, CPU, world=1, amp=False)
+        m = train.train_minibatch(model, model, seqs, loss_fn=train.grpo_loss, temperature=cfg.temperature, cfg=cfg,
+                                  device=CPU, world=1, amp=False)
         results.append((len(train.pack(seqs, micro_tokens)), m, grads_of(model)))
     assert [r[0] for r in results] == [1, len(train.pack(seqs, 60)), len(seqs)] and results[1][0] > 2
     (_, m0, g0), rest = results[0], results[1:]
@@ -172,7 +190,8 @@ def test_warm_up_loss_is_the_mean_negative_log_likelihood():
     seqs = [train.Sequence(prompt=s.prompt, tokens=s.tokens) for s in fresh_rollout(model)]
     cfg = train.Config(temperature=T, micro_tokens=60)
     model.zero_grad()
-    m = train.train_minibatch(model, model, seqs, cfg, CPU, world=1, amp=False, sft=True)
+    m = train.train_minibatch(model, model, seqs, loss_fn=train.sft_loss, temperature=1.0, cfg=cfg, device=CPU,
+                              world=1, amp=False)
     got = grads_of(model)
     n_tok = sum(len(s.tokens) for s in seqs)
     model.zero_grad()
@@ -190,12 +209,12 @@ def test_each_sample_gets_its_groups_advantage(monkeypatch, scale_adv):
     model = tiny_model()
     seen = {}
 
-    def canned_grade(tok, outs, refs, require_think, **kw):
+    def canned_grade(tok, outs, recs, require_think):
         """The rewards above, whatever was sampled; records what it was asked to grade."""
-        seen.update(n=len(outs), refs=list(refs))
+        seen.update(n=len(outs), refs=[r["answer"] for r in recs])
         return [""] * len(outs), [r > 0 for r in REWARDS], list(REWARDS)
 
-    monkeypatch.setattr(train, "grade_completions", canned_grade)
+    monkeypatch.setattr(train, "grade_samples", canned_grade)
     recs = [dict(prompt_ids=p, problem=f"problem {i}", answer=str(i)) for i, p in enumerate(PROMPTS)]
     cfg = train.Config(samples=N_SAMPLES, ctx=9, temperature=T, scale_adv=scale_adv)
     seqs, _ = train.rollout(model, None, recs, cfg, seed=5, require_think=False)
@@ -280,10 +299,10 @@ class Recorder:
         return wrapped
 
     def train_minibatch(self, real):
-        def wrapped(ddp_model, model, seqs, cfg, device, world, amp, sft=False):
+        def wrapped(ddp_model, model, seqs, **kw):
             """Keep the mini-batch's sequences (with their old and reference log-probs)."""
             self.minibatches.append((len(self.prompts) - 1, [copy.deepcopy(s) for s in seqs]))
-            return real(ddp_model, model, seqs, cfg, device, world, amp, sft)
+            return real(ddp_model, model, seqs, **kw)
         return wrapped
 
     def optimizer_step(self, real):
@@ -296,7 +315,7 @@ class Recorder:
         return wrapped
 
 
-def graded_by_parity(tok, outs, refs, require_think, **kw):
+def graded_by_parity(tok, outs, recs, require_think):
     """Canned rewards: 1 for a completion whose first token is even, so groups have spread."""
     rewards = [float(o.tokens[0] % 2 == 0) for o in outs]
     return [""] * len(outs), [r > 0 for r in rewards], rewards
@@ -331,7 +350,7 @@ def run(tmp_path_factory):
     torch.set_num_threads(1)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(train, "SAMPLER_COPY", True)
-        mp.setattr(train, "grade_completions", graded_by_parity)
+        mp.setattr(train, "grade_samples", graded_by_parity)
         mp.setattr(train, "rollout", rec.rollout(train.rollout))
         mp.setattr(train, "train_minibatch", rec.train_minibatch(train.train_minibatch))
         mp.setattr(train, "optimizer_step", rec.optimizer_step(train.optimizer_step))
@@ -405,7 +424,7 @@ def test_warm_up_pool_takes_accepted_chains_and_guided_ones_on_request(tmp_path)
     toy.write_tokenizer(str(tmp_path / "m"))
     tok = Tokenizer.from_pretrained(str(tmp_path / "m"))
     cfg = train.Config(data=str(path))
-    kept, pool = train.load_problems(str(path), cfg, tok)
+    kept, pool = train.usable_problems(str(path), cfg, tok)
     assert [r["problem"] for r in kept] == ["1+1", "1+2", "1+5"]   # pass rates 0 filtered from GRPO
     assert [r["solution"] for r in train.warm_up_pool(pool, True)] == ["raw", "free chain", "guided chain", "old chain"]
     assert [r["solution"] for r in train.warm_up_pool(pool, False)] == ["raw", "free chain", "old chain"]

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import runfolder
 import train
 from model import ModelConfig, Transformer
 
@@ -39,12 +40,12 @@ def test_bad_schedule_is_explained(argv, message, capsys):
 def test_stages_and_the_one_stage_default():
     """Without --schedule, --ctx and --samples are one stage from step 0; with it, the config shows
     the first stage's, and stage_at picks the stage of the step after `done` completed ones."""
-    assert train.schedule_of(train.Config()) == [train.Stage(0, 8192, 8)]
+    assert runfolder.schedule_of(train.Config()) == [runfolder.Stage(0, 8192, 8)]
     cfg, _ = train.parse_config(["--schedule", DEEPSCALER])
-    stages = train.schedule_of(cfg)
-    assert (cfg.ctx, cfg.samples, train.fmt_stages(stages)) == (8192, 8, DEEPSCALER)
-    assert [train.stage_at(stages, d) for d in (0, 1039, 1040, 1519, 1520, 9999)] == [0, 0, 1, 1, 2, 2]
-    assert train.describe_stages(stages, 1200) == ("stages: 0) 8192 tokens x 8 samples, steps 1-1040; 1) 16384 "
+    stages = runfolder.schedule_of(cfg)
+    assert (cfg.ctx, cfg.samples, runfolder.fmt_stages(stages)) == (8192, 8, DEEPSCALER)
+    assert [runfolder.stage_at(stages, d) for d in (0, 1039, 1040, 1519, 1520, 9999)] == [0, 0, 1, 1, 2, 2]
+    assert runfolder.describe_stages(stages, 1200) == ("stages: 0) 8192 tokens x 8 samples, steps 1-1040; 1) 16384 "
                                                    "tokens x 16 samples, steps 1041-1200; 2) 24576 tokens x 16 "
                                                    "samples, after --steps 1200, not reached")
 
@@ -65,11 +66,11 @@ def test_a_switch_resets_reference_and_optimizer_unless_kept(keep):
             p.add_(0.01)
     base = train.Config(schedule="0:16:4,2:12:2", keep_initial_ref=keep, keep_optimizer=keep)
     run = train.Run(cfg=base, rank=0, world=1, device=torch.device("cpu"), amp=False, tok=None,
-                    require_think=False, stages=train.schedule_of(base))
+                    require_think=False, stages=runfolder.schedule_of(base))
     models = train.Models(policy=policy, ddp=policy, sampler=policy, ref=copy.deepcopy(initial))
     opt = torch.optim.AdamW(policy.parameters())
-    assert train.enter_stage(run, models, opt, base, 1) is opt and run.stage == 0
-    new = train.enter_stage(run, models, opt, base, 2)
+    assert runfolder.enter_stage(run, models, opt, base, 1) is opt and run.stage == 0
+    new = runfolder.enter_stage(run, models, opt, base, 2)
     assert (run.stage, run.cfg.ctx, run.cfg.samples) == (1, 12, 2)
     assert (new is opt) == keep
     follows = initial if keep else policy
@@ -149,7 +150,8 @@ def saved_state(tmp_path, step, stage, ref_step, reference=True, **flags) -> dic
     if reference:
         (tmp_path / "reference").mkdir(exist_ok=True)
     cfg = train.Config(**{"schedule": "0:16:4,2:12:2", **flags})
-    return dict(step=step, stage=stage, ref_step=ref_step, kv_budget=2**30, config=asdict(cfg))
+    return dict(step=step, data_pos=0, optimizer={}, rng=torch.get_rng_state(), stage=stage, ref_step=ref_step,
+                kv_budget=2**30, config=asdict(cfg))
 
 
 @pytest.mark.parametrize("step,stage,ref_step,old,new,said,refused", [
@@ -176,7 +178,7 @@ def test_a_changed_recipe_on_resume_is_named_or_refused(tmp_path, step, stage, r
     holds_reference = ref_step > 0 and old.get("kl_coef", 1) != 0
     state = saved_state(tmp_path, step, stage, ref_step, reference=holds_reference, **old)
     cfg = train.Config(**{"schedule": "0:16:4,2:12:2", **new})
-    changes, refusal = train.resume_changes(state, str(tmp_path), cfg)
+    changes, refusal = runfolder.resume_changes(runfolder.TrainerState(**state), str(tmp_path), cfg)
     assert refused in refusal and bool(refusal) == bool(refused), refusal
     for s in said:
         assert any(s in c for c in changes), (s, changes)
@@ -186,5 +188,5 @@ def test_the_plot_marks_stage_switches():
     """stage_switches: the completed steps before each new stage, labelled; none for old runs."""
     rows = [dict(step=s, stage=k, ctx=c, samples=n) for s, k, c, n in
             [(1, 0, 16, 4), (2, 0, 16, 4), (3, 1, 12, 2), (4, 1, 12, 2), (5, 2, 20, 2)]]
-    assert train.stage_switches(rows) == [(2, "stage 1: 12 x 2"), (4, "stage 2: 20 x 2")]
-    assert train.stage_switches([dict(step=1), dict(step=2)]) == []
+    assert runfolder.stage_switches(rows) == [(2, "stage 1: 12 x 2"), (4, "stage 2: 20 x 2")]
+    assert runfolder.stage_switches([dict(step=1), dict(step=2)]) == []

@@ -1,5 +1,6 @@
-"""Tests for verify.py: the case table, adversarial inputs, timeouts, the worker pool, the shared
-data's references, a differential test against math-verify, and the CLI.
+"""Tests for verify.py (and the answers.py, latex.py and workers.py it is built on): the case
+table, adversarial inputs, timeouts, the worker pool, the shared data's references, a
+differential test against math-verify, and the CLI.
 
     python -m pytest tests/test_verify.py -q
 """
@@ -19,6 +20,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
+import answers  # noqa: E402
 import verify as V  # noqa: E402
 from verify_cases import CASES, B  # noqa: E402
 
@@ -92,11 +94,11 @@ def test_timeout_holds_in_any_thread():
     before, out = V.STATS["timeout"], {}
 
     def run():   # a worker job that overruns, asked from a non-main thread
-        w = V._take()
+        w = V._pool.take()
         t = time.perf_counter()
         out["res"], w = V._ask(w, json.dumps(["sleep", 30]), 0.5)
         out["dt"] = time.perf_counter() - t
-        V._give(w)
+        V._pool.give(w)
     th = threading.Thread(target=run)
     th.start()
     th.join(20)
@@ -107,7 +109,7 @@ def test_pool_survives_killed_worker():
     pairs = [(f"\\boxed{{\\sqrt{{{k * k * 7}}}}}", f"{k}\\sqrt{{7}}") for k in range(2, 40)]
     assert all(V.grade_batch(pairs[:4], workers=2))
     died = V.STATS["worker_died"]
-    for w in list(V._idle):
+    for w in list(V._pool.idle):
         os.kill(w.p.pid, signal.SIGKILL)
     assert all(V.grade_batch(pairs[4:], workers=2))
     assert V.STATS["worker_died"] > died
@@ -119,19 +121,19 @@ KILLED_PARENT = """
 import json, sys
 sys.path.insert(0, {root!r})
 import verify as V
-w = V._Worker()
+w = V._pool.new()
 w._line(120)                            # the worker has imported sympy and said "ready"
 w.ready = True
 print(w.p.pid, flush=True)
 w.ask(json.dumps(["sleep", 60]), 120)   # a grading job that runs for a minute
 """
 
-# The fallback where there is no prctl: a process that watches its parent with _watch_parent.
+# The fallback where there is no prctl: a process that watches its parent with workers._watch_parent.
 WATCHING_CHILD = """
 import sys, threading, time
 sys.path.insert(0, {root!r})
-import verify as V
-threading.Thread(target=V._watch_parent, args=(int(sys.argv[1]),), daemon=True).start()
+import workers
+threading.Thread(target=workers._watch_parent, args=(int(sys.argv[1]),), daemon=True).start()
 time.sleep(60)
 """
 FALLBACK_PARENT = """
@@ -191,12 +193,12 @@ def test_pooled_worker_outlives_the_thread_that_started_it():
     # PR_SET_PDEATHSIG follows the thread that forked: grade_batch's threads end with the batch
     V.shutdown()
     assert V.grade_batch([("\\boxed{\\sqrt{1573}}", "11\\sqrt{13}")], workers=1) == [True]
-    (w,) = V._idle
+    (w,) = V._pool.idle
     time.sleep(0.5)
     assert w.p.poll() is None, "the pooled worker died with the batch thread that started it"
     died = V.STATS["worker_died"]
     assert V.grade_batch([("\\boxed{\\sqrt{2197}}", "13\\sqrt{13}")], workers=1) == [True]
-    assert V._idle == [w] and V.STATS["worker_died"] == died
+    assert V._pool.idle == [w] and V.STATS["worker_died"] == died
 
 
 def test_bad_reference_is_reported_never_correct():
@@ -252,7 +254,7 @@ def test_every_data_reference_grades_correct_against_itself():
     for s, f in refs.items():
         n = V.normalize(s)
         if "train" not in str(f) and not re.search(r"[,=<>:;_]|\\begin|\\cup", n) and not re.fullmatch(r"\(?[A-E]\)?", n) \
-                and not V._is_text(n) and V._items(n) == [n]:
+                and not answers.is_text(n) and V._items(n) == [n]:
             pairs.append(("\\boxed{1\\cdot(%s)}" % n, s))
     verdicts = V.grade_batch(pairs, workers=2, timeout=10)
     failed = sorted({ref for (resp, ref), ok in zip(pairs, verdicts) if not ok})
@@ -312,7 +314,7 @@ AMC = ("How many?\n$\\mathrm{\\textbf{(A)} \\ }226\\qquad \\mathrm{\\textbf{(B)}
 
 
 def test_bare_letter_needs_the_problems_choices():
-    assert V._choices(AMC)["C"] == "270" and V._choices("What is (A)?") is None
+    assert answers.listed_choices(AMC)["C"] == "270" and answers.listed_choices("What is (A)?") is None
     assert not V.grade("\\boxed{C}", "270")                          # no problem: a letter is no value
     assert V.grade("\\boxed{C}", "270", problem=AMC)
     assert V.grade("\\boxed{\\textbf{(C)}}", "270", problem=AMC)
@@ -328,7 +330,7 @@ def test_bare_letter_needs_the_problems_choices():
     assert "choice" in V.explain("\\boxed{C}", "270", problem=AMC)["why"]
     # labels out of order are not a list of choices (a figure's points, say): no letter maps
     shuffled = "Which? $\\textbf{(A) } 3 \\qquad \\textbf{(C) } 5 \\qquad \\textbf{(B) } 7$"
-    assert V._choices(shuffled) is None
+    assert answers.listed_choices(shuffled) is None
     assert not V.grade("\\boxed{B}", "7", problem=shuffled)
 
 
@@ -355,13 +357,13 @@ def test_a_forked_child_never_uses_the_parents_idle_workers():
     parent's idle worker shares its pipes with the parent."""
     import verify
     assert verify.grade("\\boxed{\\sqrt{8}}", "2\\sqrt{2}")   # sympy: a worker now idles in this process
-    parent_workers = {w.p.pid for w in verify._idle}
+    parent_workers = {w.p.pid for w in verify._pool.idle}
     assert parent_workers
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:   # the child: report whether its pool still holds the parent's workers, then grade
         os.close(r)
-        clean = not {x.p.pid for x in verify._idle} & parent_workers
+        clean = not {x.p.pid for x in verify._pool.idle} & parent_workers
         ok = verify.grade("\\boxed{\\sqrt{12}}", "2\\sqrt{3}")
         os.write(w, b"1" if clean and ok else b"0")
         os._exit(0)

@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-import sample  # noqa: E402
+import train  # noqa: E402
 import verify as V  # noqa: E402
 
 HOLLOW = [
@@ -147,16 +147,17 @@ class Out:
 
 
 class CharTokenizer:
-    """Token ids are characters: enough for the sampler's decode-then-grade path."""
+    """Token ids are characters: enough for the GRPO step's decode-then-grade path."""
 
     def decode(self, ids):
         return "".join(map(chr, ids))
 
 
-def test_samplers_grading_path_gives_no_hollow_box_credit():
+def test_the_grpo_steps_reward_gives_no_hollow_box_credit():
+    """train.grade_samples: decode, grade_batch, DeepScaleR's reward rule, as the GRPO step runs them."""
     texts = [box(c) for c in HOLLOW] + [box("42")]
     outs = [Out([ord(ch) for ch in t], "length") for t in texts]
-    _, right, rewards = sample.grade_completions(CharTokenizer(), outs, ["42"] * len(outs),
-                                                 require_think=True, workers=2)
+    recs = [dict(problem="What is 6 x 7?", answer="42")] * len(outs)
+    _, right, rewards = train.grade_samples(CharTokenizer(), outs, recs, require_think=True)
     assert right == [False] * len(HOLLOW) + [True]
     assert rewards == [0.0] * len(HOLLOW) + [1.0]

@@ -1,7 +1,7 @@
 r"""A verdict corpus for verify.py: record every verdict and its reason, then diff two records.
 
     python tests/verdict_corpus.py record /tmp/before.json      # grade the corpus, write verdicts
-    python tests/verdict_corpus.py record /tmp/old.json --verify /tmp/old/verify.py   # another copy
+    python tests/verdict_corpus.py record /tmp/old.json --verify /tmp/old/   # another copy's folder
     python tests/verdict_corpus.py diff /tmp/before.json /tmp/after.json
 
 The corpus is every distinct answer in ../shared/data graded against itself and a few perturbed
@@ -12,7 +12,7 @@ says which classes a change of verify.py moved. A refactor must leave the record
 a change of policy must move only the classes it means to move.
 """
 import argparse
-import importlib.util
+import importlib
 import inspect
 import json
 import re
@@ -68,14 +68,17 @@ def last_digit_changed(s: str) -> str | None:
 
 
 def load_verify(path: str | None):
-    """verify.py from this checkout, or from another file (an older copy to compare with)."""
+    """verify.py from this checkout, or another copy to compare with: a folder holding verify.py
+    (and the answers.py, latex.py, workers.py it imports), or a file, such as a one-file verify.py
+    from before the split. Its folder goes first on sys.path, so that what it imports comes from
+    there too, not from this checkout; a file named otherwise is imported by its own name."""
     if path is None:
         import verify
         return verify
-    spec = importlib.util.spec_from_file_location("verify", path)
-    module = importlib.util.module_from_spec(spec)
+    file = Path(path) / "verify.py" if Path(path).is_dir() else Path(path)
+    sys.path.insert(0, str(file.resolve().parent))
+    module = importlib.import_module(file.stem)
     sys.modules["verify"] = module
-    spec.loader.exec_module(module)
     return module
 
 
@@ -194,7 +197,8 @@ def main() -> None:
     rec.add_argument("out")
     rec.add_argument("--workers", type=int, default=2, help="sympy worker processes")
     rec.add_argument("--timeout", type=float, default=20.0, help="seconds per sympy job")
-    rec.add_argument("--verify", help="grade with this verify.py instead of the checkout's")
+    rec.add_argument("--verify", help="grade with the verify.py in this folder (or this file) "
+                                      "instead of the checkout's")
     dif = sub.add_parser("diff", help="compare two recorded files")
     dif.add_argument("a")
     dif.add_argument("b")

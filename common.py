@@ -1,0 +1,190 @@
+"""common.py: the plumbing that train.py, polish.py, sample.py and evaluate.py share.
+
+    from common import print0, start_distributed, stop_distributed, add_config_flags, bound_problem
+    rank, world, device = start_distributed(timeout_s=3600)   # torchrun, or one process
+    ...
+    stop_distributed()
+
+Written once here so that each entry point reads as its own job: one process-group set-up and
+teardown, rank-0 printing, one builder that turns a config dataclass into argparse flags (the
+field comments are the help), one lower-bound check for numeric flags, and the phase
+reporting that turns a lost rank, SIGTERM or non-finite logits into one line naming where the
+run was. Nothing here knows about models, data or GRPO.
+"""
+import argparse
+import contextlib
+import datetime
+import inspect
+import math
+import os
+import re
+import signal
+import sys
+import threading
+from dataclasses import dataclass, fields
+
+import torch
+import torch.distributed as dist
+
+from model import one_line
+
+
+def print0(*args, **kw):
+    """print() on rank 0 only (RANK from torchrun; a single process is rank 0)."""
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(*args, **kw, flush=True)
+
+
+# ----------------------------------------------------------------------------- process group
+
+def start_distributed(timeout_s: float | None = None, backend: str | None = None) -> tuple[int, int, torch.device]:
+    """(rank, world, device). torchrun sets RANK, WORLD_SIZE and LOCAL_RANK: each rank takes
+    its own GPU (or the CPU) and joins the process group, NCCL on GPUs and gloo on CPU unless
+    `backend` says. Without torchrun: one process, no group. timeout_s bounds every collective,
+    so a rank that stops answering ends the run (None: torch's default)."""
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)       # before NCCL starts, so it binds to this GPU
+    if world > 1:
+        # Before the group exists: torch.distributed.nn binds the default group into its functions'
+        # defaults when first imported (torch._dynamo pulls it in when DDP or the meta-device model
+        # build runs). Imported later, that reference kept the gloo group and its worker threads
+        # alive past destroy_process_group, and a worker still freeing the last collective's
+        # tensors at interpreter exit aborted the rank ("terminate called without an active
+        # exception").
+        import torch.distributed.nn as _dist_nn  # noqa: F401
+        timeout = None if timeout_s is None else datetime.timedelta(seconds=timeout_s)
+        dist.init_process_group(backend or ("nccl" if device.type == "cuda" else "gloo"), timeout=timeout)
+    return rank, world, device
+
+
+def stop_distributed():
+    """Leave the process group, joining gloo's threads while the interpreter is whole (on any exit
+    path: call it from a finally). Whatever still holds the group (a DDP module) must be dropped
+    first."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+# ----------------------------------------------------------------------------- flags
+
+def field_notes(cls) -> dict[str, str]:
+    """The comment after each field of a config dataclass: `name: type = default  # note`."""
+    return dict(re.findall(r"^\s+(\w+): [^=\n]+= .*?#\s*(.*)$", inspect.getsource(cls), re.M))
+
+
+def add_config_flags(ap: argparse.ArgumentParser, cls, suppress: bool = False):
+    """One flag per field of the config dataclass cls (--max-new-tokens for max_new_tokens), its
+    comment as the help; bools get --x / --no-x. suppress=True leaves a flag that was not given
+    out of the parsed namespace, so that the caller can tell given values from defaults."""
+    notes = field_notes(cls)
+    for f in fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        note = f"{notes.get(f.name, '')} (default {f.default!r})".replace("%", "%%")
+        default = argparse.SUPPRESS if suppress else f.default
+        if f.type is bool or f.type == "bool":
+            ap.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=note)
+        else:
+            ap.add_argument(flag, type=_type_of(f.type), default=default, help=note)
+
+
+def _type_of(annotation):
+    """The callable argparse converts a flag with: the field's type, also when annotations are strings."""
+    if isinstance(annotation, str):
+        return {"int": int, "float": float, "str": str}[annotation]
+    return annotation
+
+
+def bound_problem(cfg, bounds: dict) -> str:
+    """The first field of cfg outside its lower bound, as a message naming the flag and value;
+    "" if none. bounds maps a field name to (lowest value, whether the lowest is allowed).
+    nan and inf come in through float() and are refused too."""
+    for name, (low, inclusive) in bounds.items():
+        value = getattr(cfg, name)
+        flag = "--" + name.replace("_", "-")
+        if not math.isfinite(value):
+            return f"{flag} must be a finite number, not {value}"
+        if value < low or (value == low and not inclusive):
+            relation = ">=" if inclusive else ">"
+            return f"{flag} must be {relation} {low}, not {value}"
+    return ""
+
+
+# ----------------------------------------------------------------------------- failing fast
+
+@dataclass
+class Progress:
+    """Where this rank is, named in the one line that ends a run when a rank stops answering, a
+    signal arrives or the model's numbers go non-finite. One per process (PROGRESS): the SIGTERM
+    handler has no other way to learn it."""
+    phase: str = "start-up"    # then warm-up, sampling, grading, old/ref log-probs, update, metrics, eval, checkpoint
+    step: int = 0              # the step under way, counted from 1; 0 before the loop
+    weights: str = ""          # the checkpoint the policy came from (and the warm-up, if one ran)
+    program: str = "train.py"  # the entry point, first word of every line it prints
+
+    def where(self) -> str:
+        return f"{self.phase} of step {self.step}" if self.step else self.phase
+
+
+PROGRESS = Progress()
+
+
+def enter(phase: str):
+    """Record that this rank now runs `phase` (a Progress.phase name)."""
+    PROGRESS.phase = phase
+
+
+def lost_contact(e: RuntimeError) -> bool:
+    """Whether a collective failed because another rank stopped answering or went away. NCCL
+    raises torch's DistError types; gloo a plain RuntimeError whose text names gloo's source."""
+    return isinstance(e, dist.DistError) or "gloo" in str(e)
+
+
+def stopped_by_signal(signum, frame):
+    """SIGTERM (torchrun stopping the other ranks once one failed, or a job scheduler): one line
+    naming this rank's phase, then exit at once. os._exit skips the process group's teardown,
+    which could wait on a rank that is gone; files are flushed row by row and checkpoints
+    renamed into place whole, so nothing written is lost."""
+    rank = os.environ.get("RANK", "0")
+    print(f"{PROGRESS.program}: rank {rank} stopped by {signal.Signals(signum).name} during {PROGRESS.where()}",
+          file=sys.stderr, flush=True)
+    os._exit(128 + signum)
+
+
+@contextlib.contextmanager
+def fail_fast(program: str, timeout_flag: str):
+    """Around a run: a lost rank, SIGTERM or non-finite logits end it with one line naming the
+    phase (and the weights, when the numbers are to blame) instead of a hang or a traceback.
+    timeout_flag names the flag and value that bound a collective, for the lost-rank line."""
+    PROGRESS.__init__(program=program)   # main may run more than once in a process (tests, bench.py)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, stopped_by_signal) if in_main_thread else None
+    try:
+        yield
+    except FloatingPointError as e:   # sample.generate: the policy's logits are not finite
+        raise SystemExit(f"{program}: error: non-finite logits during {PROGRESS.where()} from the weights of "
+                         f"{PROGRESS.weights}: {one_line(e)}") from None
+    except RuntimeError as e:
+        if int(os.environ.get("WORLD_SIZE", 1)) == 1 or not lost_contact(e):
+            raise
+        raise SystemExit(f"{program}: error: rank {os.environ.get('RANK')} lost the other ranks during "
+                         f"{PROGRESS.where()} (no answer within {timeout_flag}, or a rank exited; its own "
+                         f"line names its phase): {one_line(e)}") from None
+    finally:
+        if previous is not None:   # None: not ours to restore (not the main thread, or set outside Python)
+            signal.signal(signal.SIGTERM, previous)
+
+
+# ----------------------------------------------------------------------------- metrics over ranks
+
+def all_sum_named(values: dict, world: int, device) -> dict:
+    """Each named scalar summed over all ranks, in one all_reduce.
+
+    Every rank must call it with the same names in the same order (dicts keep insertion order)."""
+    if world == 1:
+        return dict(values)
+    t = torch.tensor([float(v) for v in values.values()], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return dict(zip(values, t.tolist()))

@@ -1,0 +1,390 @@
+"""runfolder.py: a training run's folder: its stages, checkpoints written whole, exact resume,
+the metrics rows and their curves. train.py's bookkeeping, so that train.py reads as GRPO.
+
+    runs/grpo/config.json                 the resolved flags of the run (rewritten on resume)
+    runs/grpo/metrics.jsonl               one row per GRPO step, flushed as written
+    runs/grpo/checkpoints/step_000050/    HF weights + tokenizer + trainer_state.pt (+ reference/)
+    python train.py plot runs/grpo        # curves.png from metrics.jsonl
+
+A checkpoint only ever appears whole: it is written as step_N.tmp and renamed into place, and
+an old one is renamed to .old before it is deleted, so a kill at any line leaves every
+step_N complete and `--resume auto` takes the newest. trainer_state.pt holds a TrainerState:
+everything besides the weights that a resumed run needs to repeat the uninterrupted one
+exactly. Left out: checksums of the files a checkpoint holds (a damaged file that still parses
+is resumed from), asynchronous saving.
+"""
+import json
+import os
+import re
+import shutil
+from dataclasses import asdict, dataclass, fields, replace
+
+import torch
+import torch.distributed as dist
+
+from common import enter, print0
+
+# ----------------------------------------------------------------------------- stages
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of --schedule. DeepScaleR launched each by hand from the last one's checkpoint,
+    which became both the policy and the KL reference, with a fresh optimizer."""
+    first: int                 # completed GRPO steps before the stage begins (it runs step first + 1 on)
+    ctx: int                   # response budget in tokens within the stage
+    samples: int               # completions per prompt within the stage
+
+    def __str__(self):
+        return f"{self.first}:{self.ctx}:{self.samples}"
+
+
+def parse_schedule(text: str) -> list[Stage]:
+    """--schedule "0:8192:8,1040:16384:16" as Stages; a ValueError naming the first bad entry."""
+    stages = []
+    for i, entry in enumerate(text.split(","), 1):
+        where = f"--schedule entry {i} {entry.strip()!r}"
+        parts = [p.strip() for p in entry.split(":")]
+        if len(parts) != 3 or not all(re.fullmatch(r"-?\d+", p) for p in parts):
+            raise ValueError(f"{where} must be FIRST_STEP:CTX:SAMPLES, three integers")
+        stage = Stage(*map(int, parts))
+        if stage.ctx < 1:
+            raise ValueError(f"{where}: ctx must be >= 1, not {stage.ctx}")
+        if stage.samples < 2:   # as --samples: a group of one has no spread, its advantage is always 0
+            raise ValueError(f"{where}: samples must be >= 2, not {stage.samples}")
+        if not stages and stage.first != 0:
+            raise ValueError(f"{where}: the first stage must start at step 0, not {stage.first}")
+        if stages and stage.first <= stages[-1].first:
+            raise ValueError(f"{where}: steps must increase, and {stage.first} is not after {stages[-1].first}")
+        stages.append(stage)
+    return stages
+
+
+def schedule_of(cfg) -> list[Stage]:
+    """The run's stages: --schedule, or one stage of --ctx and --samples."""
+    return parse_schedule(cfg.schedule) if cfg.schedule else [Stage(0, cfg.ctx, cfg.samples)]
+
+
+def stage_at(stages: list[Stage], done: int) -> int:
+    """The index of the stage that runs the step after `done` completed steps."""
+    return max(k for k, s in enumerate(stages) if s.first <= done)
+
+
+def fmt_stages(stages: list[Stage]) -> str:
+    """Stages as --schedule spells them."""
+    return ",".join(map(str, stages)) or "none"
+
+
+def describe_stages(stages: list[Stage], steps: int) -> str:
+    """The schedule in one line: the steps each stage runs, or that --steps ends before it."""
+    parts = []
+    for k, s in enumerate(stages):
+        end = min(stages[k + 1].first if k + 1 < len(stages) else steps, steps)
+        span = f"steps {s.first + 1}-{end}" if s.first < steps else f"after --steps {steps}, not reached"
+        parts.append(f"{k}) {s.ctx} tokens x {s.samples} samples, {span}")
+    return "stages: " + "; ".join(parts)
+
+def enter_stage(run, models, opt, base, done: int):
+    """Before each step: the stage that runs it (base is the run's config). At a switch, as
+    DeepScaleR's hand-launched stages did, the policy so far becomes the KL reference (unless
+    --keep-initial-ref) and AdamW starts afresh (unless --keep-optimizer); ctx and samples
+    change. Returns the optimizer to use from now on."""
+    k = stage_at(run.stages, done)
+    if k == run.stage:
+        return opt
+    old, new = run.stages[run.stage], run.stages[k]
+    run.stage = k
+    run.cfg = replace(base, ctx=new.ctx, samples=new.samples)
+    said = [f"ctx {old.ctx} -> {new.ctx}", f"samples {old.samples} -> {new.samples}"]
+    if not base.keep_initial_ref:
+        models.ref_step = done
+        models.ref_dir = ""   # the new reference is on no disk yet
+        if models.ref is not None:   # in place: the same dtype and device, no second copy in memory
+            models.ref.load_state_dict(models.policy.state_dict())
+        said.append(f"KL reference = the policy after step {done}")
+    if not base.keep_optimizer:
+        opt = torch.optim.AdamW(models.policy.parameters(), lr=base.lr, weight_decay=base.weight_decay)
+        said.append("fresh AdamW")
+    print0(f"stage {k} from step {done + 1}: " + ", ".join(said))
+    return opt
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+@dataclass
+class TrainerState:
+    """What trainer_state.pt holds beside a checkpoint's weights: with it a resumed run draws the
+    same prompts, the same random numbers and the same stage as the uninterrupted run would."""
+    step: int                  # completed GRPO steps
+    data_pos: int              # position in the training stream (train.take) of the next prompt batch
+    optimizer: dict            # AdamW's state_dict
+    config: dict               # the run's Config as a dict (resume_changes compares it with today's flags)
+    rng: torch.Tensor          # torch's CPU RNG state after the step
+    stage: int = 0             # the index of the stage that ran the last step (older checkpoints: 0)
+    ref_step: int = 0          # the KL reference is the policy after this many steps; 0: --model
+    kv_budget: int = 0         # the sampler's KV bytes, fixed at the run's first step; 0: not yet fixed
+
+
+def read_state(src: str) -> TrainerState:
+    """The TrainerState of checkpoint folder src (the fields it was saved with; missing ones take
+    their defaults)."""
+    path = os.path.join(src, "trainer_state.pt")
+    if not os.path.isfile(path):
+        raise SystemExit(f"train.py: error: --resume {src}: not a checkpoint of train.py (no trainer_state.pt)")
+    saved = torch.load(path, map_location="cpu", weights_only=False)
+    names = {f.name for f in fields(TrainerState)}
+    return TrainerState(**{k: v for k, v in saved.items() if k in names})
+
+
+def complete_checkpoints(root: str) -> list[str]:
+    """The names of the whole checkpoints in root, oldest first. Only a finished checkpoint is
+    ever named step_N (see save_checkpoint): step_N.tmp is a write and step_N.old a deletion that
+    was cut short, and neither is ever resumed from."""
+    if not os.path.isdir(root):
+        return []
+    return sorted(d for d in os.listdir(root) if re.fullmatch(r"step_\d+", d))
+
+
+def retire(path: str):
+    """Delete a checkpoint folder without ever leaving it half there under its own name: rename
+    it to .old (one atomic step), then delete."""
+    trash = path + ".old"
+    shutil.rmtree(trash, ignore_errors=True)
+    os.replace(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def save_checkpoint(model, state: TrainerState, out: str, keep: int, tok_dir: str, ref=None, ref_dir="") -> str:
+    """out/checkpoints/step_N: the policy in HF format + tokenizer + trainer_state.pt (state), and
+    reference/ with `ref`'s weights when given (see save_reference).
+
+    Ctrl-C or a crash at any line leaves every complete checkpoint complete: the new one is
+    written as step_N.tmp and renamed into place whole, and the ones pruned beyond --keep (or an
+    older step_N being replaced) are retired: renamed, then deleted. The newest step_N is always
+    whole, which is what `--resume auto` takes."""
+    step = state.step
+    root = os.path.join(out, "checkpoints")
+    final = os.path.join(root, f"step_{step:06d}")
+    tmp = final + ".tmp"
+    os.makedirs(root, exist_ok=True)
+    for name in os.listdir(root):   # what an interrupted save or prune left behind
+        if name.endswith((".tmp", ".old")):
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+    model.save_pretrained(tmp)
+    if ref is not None:
+        save_reference(ref, ref_dir, os.path.join(tmp, "reference"))
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        if os.path.isfile(os.path.join(tok_dir, name)):
+            shutil.copy(os.path.join(tok_dir, name), tmp)
+    torch.save(asdict(state), os.path.join(tmp, "trainer_state.pt"))
+    for name in complete_checkpoints(root):
+        if int(name.removeprefix("step_")) >= step:   # saved before a resume from an earlier checkpoint:
+            print(f"replacing {os.path.join(root, name)}, left by the run before the resume")   # another history
+            retire(os.path.join(root, name))
+    os.replace(tmp, final)     # the only way a checkpoint appears, whole
+    for old in complete_checkpoints(root)[:-keep]:
+        retire(os.path.join(root, old))
+    return final
+
+
+def save_reference(ref, have: str, dest: str):
+    """A later stage's KL reference (the policy at its switch) into a checkpoint, which is the only
+    place a resumed run can find it once the switch's own checkpoint is pruned. Hard links to a
+    folder that already holds it (the stage's previous checkpoint) keep one copy on disk however
+    many checkpoints share it; without one, or where links fail, it is written."""
+    if have and os.path.isdir(have):
+        try:
+            os.makedirs(dest)
+            for name in os.listdir(have):
+                os.link(os.path.join(have, name), os.path.join(dest, name))
+            return
+        except OSError:   # another filesystem, or no hard links there: write a copy instead
+            shutil.rmtree(dest, ignore_errors=True)
+    ref.save_pretrained(dest)
+
+
+def save_step(run, models, opt, step: int, data_pos: int):
+    """Rank 0 writes checkpoints/step_N; the others wait for it (collective). Beside the policy: the
+    stage and where its reference came from, and a switch's reference weights (--model's are not
+    copied), so that a resume rebuilds the stage exactly."""
+    enter("checkpoint")
+    if run.rank == 0:
+        holds_ref = models.ref is not None and models.ref_step > 0
+        state = TrainerState(step=step, data_pos=data_pos, optimizer=opt.state_dict(), config=asdict(run.cfg),
+                             rng=torch.get_rng_state(), stage=run.stage, ref_step=models.ref_step,
+                             kv_budget=run.kv_budget)
+        path = save_checkpoint(models.policy, state, run.cfg.out, run.cfg.keep, run.cfg.model,
+                                         ref=models.ref if holds_ref else None, ref_dir=models.ref_dir)
+        if holds_ref:
+            models.ref_dir = os.path.join(path, "reference")
+        print0(f"saved {path}")
+    if run.world > 1:
+        dist.barrier()
+
+
+def find_resume(out: str, resume: str) -> str:
+    """--resume as given, or with "auto" the newest complete checkpoint in <out>/checkpoints."""
+    if resume != "auto":
+        return resume
+    root = os.path.join(out, "checkpoints")
+    steps = complete_checkpoints(root)
+    if not steps:
+        raise SystemExit(f"--resume auto: no checkpoint in {root}")
+    return os.path.join(root, steps[-1])
+
+
+def refuse_used_out(out: str):
+    """Run-folder bookkeeping: a fresh run (no --resume) must not write into another run's folder.
+
+    Appending to another run's metrics.jsonl would mix two runs' curves, and its checkpoints
+    would be taken for this run's by --resume auto. The toy's own set-up files (toy_model/,
+    train.jsonl, heldout.jsonl, config.json) are reusable, so a run killed before its first
+    GRPO step can simply be started again. An empty metrics.jsonl holds no run's rows.
+    """
+    metrics = os.path.join(out, "metrics.jsonl")
+    checkpoints = os.path.join(out, "checkpoints")
+    used = []
+    if os.path.isfile(metrics) and os.path.getsize(metrics) > 0:
+        used.append(metrics)
+    if os.path.isdir(checkpoints):
+        used.append(checkpoints)
+    if used:
+        raise SystemExit(f"{out} already holds another run ({', '.join(used)}): continue it with "
+                         f"--resume auto, or start a new run with a fresh --out")
+
+
+def truncate_metrics(out: str, step: int):
+    """Run-folder bookkeeping on resume: keep only metrics.jsonl's rows up to the resumed step.
+
+    The rows past the checkpoint were written by steps the resumed run repeats; dropping them
+    keeps exactly one row per step. Written to a temporary file and swapped in with os.replace,
+    so a crash here leaves the old file whole. A torn last line (a run killed mid-write) goes too.
+    """
+    path = os.path.join(out, "metrics.jsonl")
+    if not os.path.isfile(path):
+        return
+    kept = []
+    with open(path) as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if row.get("step", 0) <= step:
+                kept.append(line if line.endswith("\n") else line + "\n")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.writelines(kept)
+    os.replace(tmp, path)
+
+
+def resume_point(cfg, rank: int) -> tuple[str, TrainerState | None]:
+    """Where the policy's weights come from (--model, or the --resume checkpoint) and the trainer
+    state saved beside a checkpoint (None for a fresh run). Resuming restores the RNG and drops
+    metrics.jsonl's rows past the checkpoint."""
+    if not cfg.resume:
+        return cfg.model, None
+    src = find_resume(cfg.out, cfg.resume)
+    state = read_state(src)
+    changes, refusal = resume_changes(state, src, cfg)
+    if refusal:   # before metrics.jsonl is touched
+        raise SystemExit(f"train.py: error: cannot resume from {src}: {refusal}")
+    torch.set_rng_state(state.rng)
+    if rank == 0:
+        truncate_metrics(cfg.out, state.step)
+    print0(f"resuming from {src} at step {state.step}" + "".join(f"\n  changed: {c}" for c in changes))
+    return src, state
+
+
+# Flags a resumed run may change without a word: how long, how often and where it runs. ctx,
+# samples and schedule are compared as stages, kv_gib on its own (resume_changes).
+RUN_CONTROL = {"out", "resume", "steps", "save_every", "keep", "eval_every", "eval_samples", "eval_temperature",
+               "eval_top_p", "show_every", "max_bad_steps", "collective_timeout_s", "wandb", "sft_steps",
+               "sft_lr", "sft_batch", "ctx", "samples", "schedule", "kv_gib"}
+
+
+def resume_changes(state: TrainerState, src: str, cfg) -> tuple[list[str], str]:
+    """What a resumed run changes of the run it continues ("--flag old -> new"), and why it cannot
+    continue ("" when it can). Stages that have begun are history: their ctx, samples and KL
+    reference stay as they ran. Stages still to come, and the other flags, may change (a run
+    without --schedule may still change --ctx and --samples, the manual staging of old)."""
+    names = {f.name for f in fields(cfg)}
+    old = replace(type(cfg)(), **{k: v for k, v in state.config.items() if k in names})
+    changed = [f"--{k.replace('_', '-')} {getattr(old, k)!r} -> {getattr(cfg, k)!r}"
+               for k in sorted(names - RUN_CONTROL) if getattr(old, k) != getattr(cfg, k)]
+    old_stages, new_stages = schedule_of(old), schedule_of(cfg)
+    if old_stages != new_stages:
+        changed.append(f"stages {fmt_stages(old_stages)} -> {fmt_stages(new_stages)}")
+    step = state.step
+    old_begun = [s for s in old_stages if s.first < step]
+    new_begun = [s for s in new_stages if s.first < step]
+    if old_begun != new_begun and (old.schedule or cfg.schedule):
+        return changed, (f"by step {step} it had begun the stages {fmt_stages(old_begun)}, and --schedule now says "
+                         f"{fmt_stages(new_begun)}: only stages still to come can change")
+    k = state.stage
+    need = 0 if k == 0 or cfg.keep_initial_ref else new_stages[k].first
+    held = os.path.isdir(os.path.join(src, "reference"))
+    if cfg.kl_coef and need and (state.ref_step != need or not held):
+        return changed, (f"stage {k}'s KL reference is the policy after step {need}, and the checkpoint holds no "
+                         f"copy of it (its run had --kl-coef 0 or --keep-initial-ref): resume with "
+                         f"--keep-initial-ref or --kl-coef 0")
+    if state.kv_budget and cfg.kv_gib != old.kv_gib:
+        changed.append(f"--kv-gib {old.kv_gib:g} -> {cfg.kv_gib:g} ignored: sampling keeps the run's KV budget of "
+                       f"{state.kv_budget / 2**30:.3g} GiB, so that rollouts repeat exactly")
+    return changed, ""
+
+# ----------------------------------------------------------------------------- metrics and curves
+
+def write_row(metrics_f, wandb_run, row: dict):
+    """Rank 0: the row to metrics.jsonl (flushed, so a killed run keeps every finished step) and wandb."""
+    metrics_f.write(json.dumps(row) + "\n")
+    metrics_f.flush()
+    if wandb_run:
+        wandb_run.log(row, step=row["step"])
+
+
+def open_wandb(cfg, rank: int):
+    """A wandb run on rank 0 when --wandb names a project; None otherwise."""
+    if not cfg.wandb or rank != 0:
+        return None
+    try:
+        import wandb
+    except ImportError:
+        raise SystemExit("--wandb needs wandb: pip install wandb") from None
+    return wandb.init(project=cfg.wandb, config=asdict(cfg))
+
+
+def stage_switches(rows: list[dict]) -> list[tuple[int, str]]:
+    """Where a metrics.jsonl's stage changes: (completed steps before the new stage, its label).
+    Rows written before stages were logged have none."""
+    marks = []
+    for prev, row in zip(rows, rows[1:]):
+        if "stage" in prev and row.get("stage") != prev["stage"]:
+            marks.append((row["step"] - 1, f"stage {row['stage']}: {row['ctx']} x {row['samples']}"))
+    return marks
+
+
+def plot(run_dir: str):
+    """Draw reward, accuracy, length, entropy and KL from RUN_DIR/metrics.jsonl to curves.png, with
+    a dashed line at each stage switch."""
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.isfile(path):
+        raise SystemExit(f"{path}: no metrics (is {run_dir} a run folder?)")
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise SystemExit("plotting needs matplotlib: pip install matplotlib") from None
+    rows = [json.loads(line) for line in open(path)]
+    keys = ["reward", "accuracy", "len_mean", "entropy", "kl"]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3))
+    for ax, k in zip(axes, keys):
+        ax.plot([r["step"] for r in rows], [r[k] for r in rows])
+        for x, label in stage_switches(rows):
+            ax.axvline(x + 0.5, color="gray", linestyle="--", linewidth=0.8, label=label)
+        ax.set_title(k)
+        ax.set_xlabel("step")
+    fig.tight_layout()
+    out = os.path.join(run_dir, "curves.png")
+    fig.savefig(out, dpi=100)
+    print(f"wrote {out}")
