@@ -113,7 +113,9 @@ _UNICODE = str.maketrans({
     "\u221a": "\\sqrt", "\u00b0": "^\\circ", "\u222a": "\\cup ", "\u2208": "\\in ",
     "\u00b1": "\\pm ", "\u2213": "\\mp ", "\u00b2": "^2", "\u00b3": "^3",
     "\u00bd": "\\frac{1}{2}", "\u00bc": "\\frac{1}{4}", "\u00be": "\\frac{3}{4}",
-    "\u00a0": " ", "\u2009": " ", "\u202f": " ", "\u2205": "\\emptyset "})
+    "\u00a0": " ", "\u2009": " ", "\u202f": " ", "\u2205": "\\emptyset ",
+    # the other minus-like dashes: fullwidth (as fullwidth digits, which are read), hyphen, figure dash
+    "\uff0d": "-", "\u2010": "-", "\u2011": "-", "\u2012": "-", "\ufe63": "-"})
 _REPLACE = [
     ("\\textdollar", " "), ("\\$", " "), ("$", " "), ("\\%", " "), ("%", " "), ("\\qquad", " "),
     ("\\quad", " "), ("~", " "), ("{-}", "-"), ("{,}", ","), ("\\{", "{"), ("\\}", "}"),

@@ -14,6 +14,7 @@ run was. Nothing here knows about models, data or GRPO.
 import argparse
 import contextlib
 import datetime
+import fcntl
 import inspect
 import math
 import os
@@ -66,6 +67,51 @@ def stop_distributed():
     first."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def refuse_diverged_ranks(values: dict, world: int, program: str):
+    """Every rank must have been started with the same values (flags, input digests): ranks with
+    different --lr or --seed would otherwise run on as silently diverged replicas. Collective:
+    every rank calls it, and every rank stops with the same line naming what differs."""
+    if world == 1:
+        return
+    seen = [None] * world
+    dist.all_gather_object(seen, values)
+    differ = [k for k in values if any(other.get(k) != values[k] for other in seen)]
+    if differ:
+        k = differ[0]
+        rank = next(r for r, other in enumerate(seen) if other.get(k) != seen[0].get(k))
+        raise SystemExit(f"{program}: error: the ranks were started differently ({', '.join(differ)}): rank 0 has "
+                         f"{k} {seen[0].get(k)!r}, rank {rank} has {seen[rank].get(k)!r}; start every rank with "
+                         f"the same command")
+
+
+# ----------------------------------------------------------------------------- one writer
+
+def lock_output(path: str, program: str):
+    """Hold an exclusive lock on `path` (created if missing) for the rest of this process, so that
+    a second program started on the same output (a scheduler restarting a job whose first process
+    still lives, two commands with one --out) stops at once instead of interleaving rows and
+    replacing files. Creating the lock file also proves, before any model loads, that the
+    output's folder is writable. Returns the open file: the lock lasts while it is open (the
+    operating system drops it when the process ends, however it ends)."""
+    try:
+        f = open(path, "a+")
+    except OSError as e:
+        raise SystemExit(f"{program}: error: cannot write beside the output: {path}: {e.strerror}") from None
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "unknown"
+        f.close()
+        raise SystemExit(f"{program}: error: {path} is held by another process (pid {holder}) writing the same "
+                         f"output; wait for it to end or stop it, or choose another output") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return f
 
 
 # ----------------------------------------------------------------------------- flags

@@ -27,9 +27,11 @@ which are not text. Missing or malformed tokenizer files are model.ModelFileErro
 """
 import argparse
 import codecs
+import errno
 import contextlib
 import glob
 import json
+import math
 import os
 import random
 import re
@@ -330,8 +332,9 @@ class DataError(ValueError):
 @contextlib.contextmanager
 def clean_exit(program: str, on_interrupt: str = ""):
     """Around an entry point's work: a bad input file or model folder (DataError,
-    ModelFileError) ends the program with one line naming the file, and Ctrl-C with one line
-    saying what was kept (`on_interrupt`) and exit status 130. DEBUG=1 in the environment shows
+    ModelFileError) ends the program with one line naming the file, Ctrl-C with one line
+    saying what was kept (`on_interrupt`) and exit status 130, and a full disk with one line
+    naming the file being written and, again, what was kept. DEBUG=1 in the environment shows
     the full traceback instead."""
     debug = bool(os.environ.get("DEBUG"))
     try:
@@ -346,10 +349,21 @@ def clean_exit(program: str, on_interrupt: str = ""):
             raise
         print(f"{program}: interrupted{': ' + on_interrupt if on_interrupt else ''}", file=sys.stderr)
         raise SystemExit(130) from None
+    except OSError as e:
+        if debug or e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"{program}: error: no space left on the device writing {e.filename or 'an output'}"
+              f"{'; ' + on_interrupt if on_interrupt else ''}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 # What load_records reads, said whenever a file has some other shape.
 EXPECTED = "expected a JSON list of objects, JSONL (one object a line), parquet, or a folder of them"
+# The longest JSONL line and the largest JSON-list file read. A problem row is kilobytes; a
+# multi-GB file without newlines (a binary dump, a JSON object per file) would otherwise be
+# read whole into memory before anything says what it is.
+MAX_LINE = 64 << 20
+MAX_JSON_LIST = 1 << 30
 
 
 def _read_rows(path: str):
@@ -364,6 +378,10 @@ def _read_rows(path: str):
             head = f.read(1 << 16).removeprefix(codecs.BOM_UTF8).lstrip()
             f.seek(0)
             if head.startswith(b"["):
+                size = os.fstat(f.fileno()).st_size
+                if size > MAX_JSON_LIST:
+                    raise DataError(f"{path}: a JSON list of {size / 2**30:.1f} GiB, over the {MAX_JSON_LIST >> 30} GiB "
+                                    f"read whole; write it as JSONL (one object a line)")
                 yield from _json_list_rows(path, f.read())
             else:
                 yield from _jsonl_rows(path, f)
@@ -397,7 +415,10 @@ def _json_list_rows(path: str, raw: bytes):
 def _jsonl_rows(path: str, f):
     """The rows of a JSONL file read from the binary file f, one JSON value a line."""
     offset, first = 0, True
-    for lineno, line in enumerate(f, 1):
+    for lineno, line in enumerate(iter(lambda: f.readline(MAX_LINE + 1), b""), 1):
+        if len(line) > MAX_LINE:
+            raise DataError(f"{path}:{lineno}: a line over {MAX_LINE >> 20} MiB (starts {line[:40]!r}); a problem row "
+                            f"is kilobytes, so this is not JSONL; {EXPECTED}")
         bom = len(codecs.BOM_UTF8) if lineno == 1 and line.startswith(codecs.BOM_UTF8) else 0
         text = _utf8(path, line[bom:], offset + bom, lineno)
         offset += len(line)
@@ -499,6 +520,17 @@ def _surrogate_field(value, name: str = "") -> tuple[str, str] | None:
     return None
 
 
+def refuse_unreadable_answer(form, where: str):
+    """A DataError for an answer no grader can hold to: a list inside the list of accepted forms
+    ([[2, -2]] would be joined into "2 -2", which reads as 2 - 2 = 0, so \\boxed{0} would be
+    rewarded), an object, or a number that is not finite (NaN matches the text NaN)."""
+    if isinstance(form, (list, dict)):
+        raise DataError(f"{where}: field 'answer' holds a nested {type(form).__name__} {form!r}; give the answer as "
+                        f"text, or a list of texts each of which is right")
+    if isinstance(form, float) and not math.isfinite(form):
+        raise DataError(f"{where}: field 'answer' is {form!r}, not a finite number")
+
+
 def to_record(row, where: str) -> dict:
     """Map a source row (DeepScaleR, MATH, AIME, GSM8K, Minerva, OlympiadBench) to a record."""
     if not isinstance(row, dict):
@@ -520,6 +552,9 @@ def to_record(row, where: str) -> dict:
             worked, _, final = text.rpartition("#### ")
             answer, solution = final.strip(), worked.strip()
             break
+    forms = answer if isinstance(answer, list) else [answer]
+    for form in forms:
+        refuse_unreadable_answer(form, where)
     if isinstance(answer, list) and len(answer) > 1:
         rec["answers"] = [_text(a) for a in answer]  # equivalent forms (Minerva): any is right
         answer = answer[0]
@@ -544,6 +579,8 @@ def load_records(path: str, skip_bad: bool = False) -> list[dict]:
             raise DataError(f"{path}: folder holds no .json, .jsonl or .parquet files; {EXPECTED}")
     elif os.path.isfile(path):
         files = [path]
+    elif os.path.exists(path):   # a FIFO, /dev/zero, a socket: reading it would block or never end
+        raise DataError(f"{path}: not a regular file or a folder; {EXPECTED}")
     else:
         raise DataError(f"{path}: no such file or folder")
     records, bad = [], []

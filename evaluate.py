@@ -28,6 +28,7 @@ Left out: majority voting (maj@k), breakdowns by source or difficulty, resuming 
 evaluation, re-grading a results file (verify.py FILE.jsonl does that).
 """
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -36,12 +37,12 @@ import time
 
 import torch.distributed as dist
 
-from common import bound_problem, print0, start_distributed, stop_distributed
+from common import bound_problem, lock_output, print0, start_distributed, stop_distributed
 from data import (THINK_CHOICES, Problems, Tokenizer, clean_exit, load_problems, prompt_ids, reference_answers,
                   requires_think)
 from model import ModelFileError
 from sample import add_generation_flags, generate, generation_flag_problem, generation_kwargs, load_sampler
-from verify import grade_batch, reward_of
+from verify import grade_batch, reward_of, workers_problem
 
 
 class _Progress:
@@ -163,7 +164,7 @@ def parse_flags(argv=None) -> argparse.Namespace:
     error, naming the flag and its value, and exit status 2)."""
     ap = flag_parser()
     a = ap.parse_args(argv)
-    problem = bound_problem(a, {"samples": (1, True), "workers": (1, True)}) or generation_flag_problem(a)
+    problem = bound_problem(a, {"samples": (1, True)}) or workers_problem(a.workers) or generation_flag_problem(a)
     if not problem and not os.path.exists(a.data):
         problem = f"--data {a.data}: no such file or folder"
     if not problem and a.out is not None and not os.path.isdir(os.path.dirname(a.out) or "."):
@@ -209,14 +210,18 @@ def run(a: argparse.Namespace):
     """Inputs first (tokenizer, problems, budget), then the model, then sampling and grading."""
     rank, world, device = start_distributed()
     try:
-        tok = Tokenizer.from_pretrained(a.model)
-        problems = read_problems(a, tok)
-        longest = max(len(r["prompt_ids"]) for r in problems.kept)
-        model = load_sampler(a, device, longest, "evaluate.py")
-        try:
-            evaluate_to_files(model, tok, a, problems, rank, world, generation_kwargs(a, rank))
-        except FloatingPointError as e:      # NaN/inf logits: the weights in --model, not the data
-            raise ModelFileError(f"--model {a.model}: {e}") from None
+        # --out's folder must be writable, and no other evaluation may write the same file: both
+        # found now, not after hours of sampling (the lock is held until the evaluation ends)
+        lock = lock_output(a.out + ".lock", "evaluate.py") if a.out and rank == 0 else contextlib.nullcontext()
+        with lock:
+            tok = Tokenizer.from_pretrained(a.model)
+            problems = read_problems(a, tok)
+            longest = max(len(r["prompt_ids"]) for r in problems.kept)
+            model = load_sampler(a, device, longest, "evaluate.py")
+            try:
+                evaluate_to_files(model, tok, a, problems, rank, world, generation_kwargs(a, rank))
+            except FloatingPointError as e:      # NaN/inf logits: the weights in --model, not the data
+                raise ModelFileError(f"--model {a.model}: {e}") from None
     finally:
         stop_distributed()                   # on any exit, while the interpreter is whole
 

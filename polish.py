@@ -81,12 +81,12 @@ from typing import NamedTuple
 import torch
 import torch.distributed as dist
 
-from common import add_config_flags, bound_problem, start_distributed, stop_distributed
+from common import add_config_flags, bound_problem, lock_output, start_distributed, stop_distributed
 from data import (TEMPLATES, THINK_CHOICES, DataError, Tokenizer, clean_exit, dedupe, load_problems, load_records,
                   polish_report, reference_answers, requires_think, shard)
 from model import ModelConfig, ModelFileError, Transformer, read_config
-from sample import generate, kv_budget_of, kv_budget_problem
-from verify import grade_batch, reward_of
+from sample import default_kv_budget, generate, kv_budget_of, kv_budget_problem
+from verify import grade_batch, reward_of, workers_problem
 
 
 @dataclass
@@ -668,7 +668,7 @@ def flag_problem(cfg: Config, merge_only: bool) -> str:
     for name in ("data", "out") + (() if merge_only else ("model",)):
         if not getattr(cfg, name):
             return f"--{name} is required"
-    problem = bound_problem(cfg, LOWER_BOUNDS)   # nan and inf come in through float()
+    problem = bound_problem(cfg, LOWER_BOUNDS) or workers_problem(cfg.workers)   # nan, inf come in through float()
     if problem:
         return problem
     if not 0 < cfg.top_p <= 1:
@@ -778,8 +778,12 @@ def read_problems(cfg: Config, tok: Tokenizer, show: bool) -> tuple[list, list, 
 
 def check_kv_budget(mcfg: ModelConfig, longest: int, cfg: Config, dtype, what: str = "prompt") -> None:
     """--kv-gib must hold one sequence: the longest prompt + --max-new-tokens (sample's one
-    KV-budget rule, which generate() applies too, checked before the weights are loaded)."""
-    problem = kv_budget_problem(mcfg, kv_budget_of(cfg.kv_gib), longest + cfg.max_new_tokens, dtype)
+    KV-budget rule, which generate() applies too, checked before the weights are loaded). With
+    --kv-gib 0 the default budget is sized now, on this rank's device, as generate() will."""
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    device = torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
+    budget = kv_budget_of(cfg.kv_gib) or default_kv_budget(device)
+    problem = kv_budget_problem(mcfg, budget, longest + cfg.max_new_tokens, dtype)
     if problem:
         raise fail(f"--kv-gib {cfg.kv_gib} is too small for the longest {what} ({longest} tokens) + "
                    f"--max-new-tokens {cfg.max_new_tokens}: {problem}")
@@ -813,20 +817,21 @@ def run_polish(cfg: Config, rank: int, world: int, part: str) -> None:
     tok, mcfg = read_model_files(cfg)
     recs, ids, prompts, over = read_problems(cfg, tok, show=rank == 0)
     os.makedirs(os.path.dirname(os.path.abspath(cfg.out)), exist_ok=True)
-    done, pending_ids = read_outputs(cfg.out, set(ids), own=part)
-    dropped = {ids[i] for i in over if ids[i] not in done}      # a row from an earlier run is kept
-    todo = [i for i in shard(range(len(recs)), rank, world) if ids[i] not in done and i not in over]
-    pending = {i: pending_ids[ids[i]] for i in todo if ids[i] in pending_ids}
-    guided = guided_prompts(tok, recs, todo, cfg, show=rank == 0)
-    dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    check_kv_budget(mcfg, max((len(prompts[i]) for i in todo), default=0), cfg, dtype)
-    check_kv_budget(mcfg, max((len(g) for g in guided.values() if g), default=0), cfg, dtype, "guided prompt")
-    floor = cfg.min_tokens if cfg.min_tokens >= 0 else \
-        default_floor(mcfg.max_position_embeddings, cfg.max_new_tokens)
-    # 2) the process group (gloo, only for the barrier before the merge: no tensors are exchanged),
-    # this rank's device (cuda:LOCAL_RANK, made the current one, or the CPU), the weights
-    _, _, device = start_distributed(timeout_s=DIST_TIMEOUT_S, backend="gloo")
-    try:
+    lock = lock_output(cfg.out + ".lock", "polish.py") if rank == 0 else None   # one polish.py per --out
+    try:   # to the end: the lock and the process group are let go on any exit
+        done, pending_ids = read_outputs(cfg.out, set(ids), own=part)
+        dropped = {ids[i] for i in over if ids[i] not in done}      # a row from an earlier run is kept
+        todo = [i for i in shard(range(len(recs)), rank, world) if ids[i] not in done and i not in over]
+        pending = {i: pending_ids[ids[i]] for i in todo if ids[i] in pending_ids}
+        guided = guided_prompts(tok, recs, todo, cfg, show=rank == 0)
+        dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+        check_kv_budget(mcfg, max((len(prompts[i]) for i in todo), default=0), cfg, dtype)
+        check_kv_budget(mcfg, max((len(g) for g in guided.values() if g), default=0), cfg, dtype, "guided prompt")
+        floor = cfg.min_tokens if cfg.min_tokens >= 0 else \
+            default_floor(mcfg.max_position_embeddings, cfg.max_new_tokens)
+        # 2) the process group (gloo, only for the barrier before the merge: no tensors are exchanged),
+        # this rank's device (cuda:LOCAL_RANK, made the current one, or the CPU), the weights
+        _, _, device = start_distributed(timeout_s=DIST_TIMEOUT_S, backend="gloo")
         model = load_model(cfg, device, dtype)
         if rank == 0:
             passes = f", then guided x {cfg.guided_rounds} round(s)" if cfg.guided else ""
@@ -847,6 +852,8 @@ def run_polish(cfg: Config, rank: int, world: int, part: str) -> None:
             print(f"wrote {cfg.out}\n" + summary(rows, t, rank, len(dropped), cfg.prompt_budget))
     finally:
         stop_distributed()   # also on an error: gloo's threads are joined before the interpreter exits
+        if lock is not None:
+            lock.close()
 
 
 def run_merge(cfg: Config) -> None:

@@ -8,11 +8,18 @@ the metrics rows and their curves. train.py's bookkeeping, so that train.py read
 
 A checkpoint only ever appears whole: it is written as step_N.tmp and renamed into place, and
 an old one is renamed to .old before it is deleted, so a kill at any line leaves every
-step_N complete and `--resume auto` takes the newest. trainer_state.pt holds a TrainerState:
-everything besides the weights that a resumed run needs to repeat the uninterrupted one
-exactly. Left out: checksums of the files a checkpoint holds (a damaged file that still parses
-is resumed from), asynchronous saving.
+step_N complete. trainer_state.pt holds a TrainerState: everything besides the weights that a
+resumed run needs to repeat the uninterrupted one exactly. manifest.json, written last, holds
+the SHA-256 of every other file; a resume checks them, so a damaged file is never trained on
+even when it still parses (zeroed bytes do): `--resume auto` takes the newest checkpoint that
+verifies and says which it skipped and why, an explicit `--resume DIR` that does not verify is
+refused. A later stage's reference/ is hard-linked into each of the stage's checkpoints (one
+copy on disk), so one write into it damages them all at once: each checkpoint's manifest
+covers its reference/, all of them then fail, and `--resume auto` falls back past the stage.
+Resuming from an older checkpoint sets the newer ones aside (step_N.abandoned, never resumed
+from) at the moment metrics.jsonl loses their rows. Left out: asynchronous saving.
 """
+import hashlib
 import json
 import os
 import re
@@ -22,7 +29,8 @@ from dataclasses import asdict, dataclass, fields, replace
 import torch
 import torch.distributed as dist
 
-from common import enter, print0
+from common import enter, lock_output, print0
+from model import one_line
 
 # ----------------------------------------------------------------------------- stages
 
@@ -124,15 +132,102 @@ class TrainerState:
     kv_budget: int = 0         # the sampler's KV bytes, fixed at the run's first step; 0: not yet fixed
 
 
+MANIFEST = "manifest.json"   # in a checkpoint: {path relative to it: SHA-256 hex} of every other file
+
+
+class CheckpointError(Exception):
+    """A checkpoint folder that must not be resumed from; the message says which file and why."""
+
+
+def file_digest(path: str) -> str:
+    """SHA-256 of a file, read in 16 MiB blocks (a 1.5B policy's 7 GB take seconds)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 24):
+            h.update(block)
+    return h.hexdigest()
+
+
+def content_digest(path: str) -> str:
+    """SHA-256 over a file, or over a folder's files in name order (their names included); "" for
+    a path that is neither (the loader names it)."""
+    if os.path.isfile(path):
+        return file_digest(path)
+    if not os.path.isdir(path):
+        return ""
+    h = hashlib.sha256()
+    for name in folder_files(path):
+        h.update(f"{name}\0{file_digest(os.path.join(path, name))}\0".encode())
+    return h.hexdigest()
+
+
+def folder_files(folder: str) -> list[str]:
+    """Every file under folder but the manifest, as paths relative to it, sorted."""
+    found = []
+    for parent, _, names in os.walk(folder):
+        found += [os.path.relpath(os.path.join(parent, n), folder) for n in names]
+    return sorted(f for f in found if f != MANIFEST)
+
+
+def write_manifest(folder: str):
+    """The digests of every file of a checkpoint being written, as its last file."""
+    digests = {name: file_digest(os.path.join(folder, name)) for name in folder_files(folder)}
+    with open(os.path.join(folder, MANIFEST), "w") as f:
+        json.dump(digests, f, indent=0)
+
+
+def verify_files(folder: str) -> bool:
+    """CheckpointError naming the first file that is missing, extra or not what was written; True
+    once all verify, False for a checkpoint saved before checkpoints carried a manifest (its
+    files cannot be checked)."""
+    path = os.path.join(folder, MANIFEST)
+    if not os.path.isfile(path):
+        return False
+    try:
+        with open(path) as f:
+            digests = json.load(f)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: unreadable ({one_line(e)})") from None
+    if not isinstance(digests, dict):
+        raise CheckpointError(f"{path}: not a JSON object of file digests")
+    have = folder_files(folder)
+    for name in sorted(set(digests) | set(have)):
+        where = os.path.join(folder, name)
+        if name not in have:
+            raise CheckpointError(f"{where}: missing")
+        if name not in digests:
+            raise CheckpointError(f"{where}: not written by the save ({MANIFEST} does not list it)")
+        if file_digest(where) != digests[name]:
+            raise CheckpointError(f"{where}: its bytes changed since it was written (SHA-256 differs)")
+    return True
+
+
 def read_state(src: str) -> TrainerState:
     """The TrainerState of checkpoint folder src (the fields it was saved with; missing ones take
-    their defaults)."""
+    their defaults); CheckpointError naming the file when it cannot be read or does not belong to
+    the folder (its step must be the N of step_N)."""
     path = os.path.join(src, "trainer_state.pt")
     if not os.path.isfile(path):
-        raise SystemExit(f"train.py: error: --resume {src}: not a checkpoint of train.py (no trainer_state.pt)")
-    saved = torch.load(path, map_location="cpu", weights_only=False)
+        raise CheckpointError(f"{src}: not a checkpoint of train.py (no trainer_state.pt)")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:   # torch raises RuntimeError, EOFError, UnpicklingError, ... for damaged files
+        raise CheckpointError(f"{path}: unreadable ({type(e).__name__}: {one_line(e)})") from None
     names = {f.name for f in fields(TrainerState)}
-    return TrainerState(**{k: v for k, v in saved.items() if k in names})
+    if not isinstance(saved, dict) or not {"step", "data_pos", "optimizer", "config", "rng"} <= set(saved):
+        raise CheckpointError(f"{path}: not a train.py trainer state")
+    state = TrainerState(**{k: v for k, v in saved.items() if k in names})
+    m = re.fullmatch(r"step_(\d+)", os.path.basename(os.path.normpath(src)))
+    if m and int(m.group(1)) != state.step:
+        raise CheckpointError(f"{path}: holds step {state.step}, but its folder is {os.path.basename(src)}")
+    return state
+
+
+def open_checkpoint(src: str) -> TrainerState:
+    """A checkpoint's TrainerState once every file matches its manifest; CheckpointError if not."""
+    if not verify_files(src):
+        print0(f"{src}: no {MANIFEST} (saved by an older train.py): its files are not verified")
+    return read_state(src)
 
 
 def complete_checkpoints(root: str) -> list[str]:
@@ -169,13 +264,16 @@ def save_checkpoint(model, state: TrainerState, out: str, keep: int, tok_dir: st
     for name in os.listdir(root):   # what an interrupted save or prune left behind
         if name.endswith((".tmp", ".old")):
             shutil.rmtree(os.path.join(root, name), ignore_errors=True)
-    model.save_pretrained(tmp)
-    if ref is not None:
-        save_reference(ref, ref_dir, os.path.join(tmp, "reference"))
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        if os.path.isfile(os.path.join(tok_dir, name)):
-            shutil.copy(os.path.join(tok_dir, name), tmp)
-    torch.save(asdict(state), os.path.join(tmp, "trainer_state.pt"))
+    try:
+        write_checkpoint(tmp, model, state, tok_dir, ref, ref_dir)
+    except (OSError, RuntimeError) as e:   # a full disk: OSError ENOSPC, or torch.save's "unexpected pos"
+        shutil.rmtree(tmp, ignore_errors=True)
+        last = complete_checkpoints(root)
+        free = shutil.disk_usage(root).free / 2**20
+        raise SystemExit(f"train.py: error: writing checkpoint {final} failed ({type(e).__name__}: {one_line(e)}; "
+                         f"{free:,.0f} MiB free there); the partial copy is removed, the last complete checkpoint is "
+                         f"{os.path.join(root, last[-1]) if last else 'none'}; free space and run the same command "
+                         f"with --resume auto") from None
     for name in complete_checkpoints(root):
         if int(name.removeprefix("step_")) >= step:   # saved before a resume from an earlier checkpoint:
             print(f"replacing {os.path.join(root, name)}, left by the run before the resume")   # another history
@@ -184,6 +282,18 @@ def save_checkpoint(model, state: TrainerState, out: str, keep: int, tok_dir: st
     for old in complete_checkpoints(root)[:-keep]:
         retire(os.path.join(root, old))
     return final
+
+
+def write_checkpoint(tmp: str, model, state: TrainerState, tok_dir: str, ref, ref_dir: str):
+    """Every file of a checkpoint into the folder tmp, the manifest last."""
+    model.save_pretrained(tmp)
+    if ref is not None:
+        save_reference(ref, ref_dir, os.path.join(tmp, "reference"))
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        if os.path.isfile(os.path.join(tok_dir, name)):
+            shutil.copy(os.path.join(tok_dir, name), tmp)
+    torch.save(asdict(state), os.path.join(tmp, "trainer_state.pt"))
+    write_manifest(tmp)        # last: a folder with a manifest was written in full
 
 
 def save_reference(ref, have: str, dest: str):
@@ -213,7 +323,7 @@ def save_step(run, models, opt, step: int, data_pos: int):
                              rng=torch.get_rng_state(), stage=run.stage, ref_step=models.ref_step,
                              kv_budget=run.kv_budget)
         path = save_checkpoint(models.policy, state, run.cfg.out, run.cfg.keep, run.cfg.model,
-                                         ref=models.ref if holds_ref else None, ref_dir=models.ref_dir)
+                               ref=models.ref if holds_ref else None, ref_dir=models.ref_dir)
         if holds_ref:
             models.ref_dir = os.path.join(path, "reference")
         print0(f"saved {path}")
@@ -221,15 +331,55 @@ def save_step(run, models, opt, step: int, data_pos: int):
         dist.barrier()
 
 
-def find_resume(out: str, resume: str) -> str:
-    """--resume as given, or with "auto" the newest complete checkpoint in <out>/checkpoints."""
+def find_resume(out: str, resume: str) -> tuple[str, TrainerState | None]:
+    """--resume as given, or with "auto" the newest checkpoint in <out>/checkpoints whose files all
+    verify (those skipped are named, with why), and its TrainerState; ("", None) for "auto" when
+    there is no checkpoint yet. A checkpoint that does not verify is refused with one line naming
+    the file."""
     if resume != "auto":
-        return resume
+        try:
+            return resume, open_checkpoint(resume)
+        except CheckpointError as e:
+            raise SystemExit(f"train.py: error: --resume {resume}: {e}") from None
     root = os.path.join(out, "checkpoints")
-    steps = complete_checkpoints(root)
-    if not steps:
-        raise SystemExit(f"--resume auto: no checkpoint in {root}")
-    return os.path.join(root, steps[-1])
+    names = complete_checkpoints(root)
+    if not names:
+        return "", None
+    for name in reversed(names):
+        path = os.path.join(root, name)
+        try:
+            return path, open_checkpoint(path)
+        except CheckpointError as e:
+            print0(f"--resume auto: skipping {path}: {e}")
+    raise SystemExit(f"train.py: error: --resume auto: none of the {len(names)} checkpoints in {root} verifies "
+                     f"(each is named above with why)")
+
+
+def set_aside_later(out: str, step: int):
+    """Rename the checkpoints past `step` to step_N.abandoned (never resumed from, never deleted
+    here): a run resumed from step continues another history, and a kill before its first save
+    must not let `--resume auto` pick up the abandoned one."""
+    root = os.path.join(out, "checkpoints")
+    for name in complete_checkpoints(root):
+        if int(name.removeprefix("step_")) > step:
+            path = os.path.join(root, name)
+            aside = path + ".abandoned"
+            k = 1
+            while os.path.exists(aside):   # a history abandoned before, at the same step
+                k += 1
+                aside = f"{path}.abandoned{k}"
+            os.replace(path, aside)
+            print0(f"set aside {path} as {os.path.basename(aside)}: the resumed run continues from step {step}")
+
+
+def claim(out: str):
+    """Create the run folder and hold <out>/.lock for this run (common.lock_output): a second
+    train.py on the same --out stops at once, naming the pid that holds it."""
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        raise SystemExit(f"train.py: error: --out {out}: cannot create the run folder ({e.strerror})") from None
+    return lock_output(os.path.join(out, ".lock"), "train.py")
 
 
 def refuse_used_out(out: str):
@@ -252,6 +402,25 @@ def refuse_used_out(out: str):
                          f"--resume auto, or start a new run with a fresh --out")
 
 
+def read_metrics(path: str) -> list[tuple[str, dict]]:
+    """metrics.jsonl's rows, each with its line as written. A torn last line (a run killed while
+    writing it) is dropped; any other line that is not a row is an error naming metrics.jsonl:N."""
+    with open(path) as f:
+        lines = f.readlines()
+    rows = []
+    for n, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if isinstance(row, dict) and isinstance(row.get("step"), int):
+            rows.append((line if line.endswith("\n") else line + "\n", row))
+        elif n < len(lines) or line.endswith("\n"):
+            raise SystemExit(f"train.py: error: {path}:{n}: not a metrics row (a JSON object with an integer "
+                             f"step): {line[:80]!r}")
+    return rows
+
+
 def truncate_metrics(out: str, step: int):
     """Run-folder bookkeeping on resume: keep only metrics.jsonl's rows up to the resumed step.
 
@@ -262,15 +431,7 @@ def truncate_metrics(out: str, step: int):
     path = os.path.join(out, "metrics.jsonl")
     if not os.path.isfile(path):
         return
-    kept = []
-    with open(path) as f:
-        for line in f:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if row.get("step", 0) <= step:
-                kept.append(line if line.endswith("\n") else line + "\n")
+    kept = [line for line, row in read_metrics(path) if row["step"] <= step]
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         f.writelines(kept)
@@ -283,14 +444,19 @@ def resume_point(cfg, rank: int) -> tuple[str, TrainerState | None]:
     metrics.jsonl's rows past the checkpoint."""
     if not cfg.resume:
         return cfg.model, None
-    src = find_resume(cfg.out, cfg.resume)
-    state = read_state(src)
+    src, state = find_resume(cfg.out, cfg.resume)
+    if state is None:   # --resume auto before the first save (a fresh folder, or a run killed early)
+        if rank == 0:
+            truncate_metrics(cfg.out, 0)
+        print0(f"--resume auto: no checkpoint in {os.path.join(cfg.out, 'checkpoints')} yet: starting from step 0")
+        return cfg.model, None
     changes, refusal = resume_changes(state, src, cfg)
     if refusal:   # before metrics.jsonl is touched
         raise SystemExit(f"train.py: error: cannot resume from {src}: {refusal}")
     torch.set_rng_state(state.rng)
-    if rank == 0:
+    if rank == 0:   # the rows and the checkpoints past src go together: one history from here on
         truncate_metrics(cfg.out, state.step)
+        set_aside_later(cfg.out, state.step)
     print0(f"resuming from {src} at step {state.step}" + "".join(f"\n  changed: {c}" for c in changes))
     return src, state
 
@@ -323,6 +489,9 @@ def resume_changes(state: TrainerState, src: str, cfg) -> tuple[list[str], str]:
     k = state.stage
     need = 0 if k == 0 or cfg.keep_initial_ref else new_stages[k].first
     held = os.path.isdir(os.path.join(src, "reference"))
+    saved_with_it = old.kl_coef and not old.keep_initial_ref and state.ref_step == need
+    if cfg.kl_coef and need and saved_with_it and not held:   # deleted or lost since: not the flags' doing
+        return changed, f"{os.path.join(src, 'reference')}: missing (the checkpoint was saved with it)"
     if cfg.kl_coef and need and (state.ref_step != need or not held):
         return changed, (f"stage {k}'s KL reference is the policy after step {need}, and the checkpoint holds no "
                          f"copy of it (its run had --kl-coef 0 or --keep-initial-ref): resume with "
@@ -375,7 +544,7 @@ def plot(run_dir: str):
         import matplotlib.pyplot as plt
     except ImportError:
         raise SystemExit("plotting needs matplotlib: pip install matplotlib") from None
-    rows = [json.loads(line) for line in open(path)]
+    rows = [row for _, row in read_metrics(path)]
     keys = ["reward", "accuracy", "len_mean", "entropy", "kl"]
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3))
     for ax, k in zip(axes, keys):

@@ -707,6 +707,8 @@ def generation_flag_problem(a: argparse.Namespace) -> str:
         return problem
     if not 0 < a.top_p <= 1:
         return f"--top-p must be in (0, 1], not {a.top_p}"
+    if not -2**62 <= a.seed <= 2**62:   # each rank adds its rank, and generate() takes a 64-bit seed
+        return f"--seed must be between -2^62 and 2^62, not {a.seed}"
     if not os.path.isdir(a.model):
         return f"--model {a.model}: no such folder"
     return ""
@@ -725,10 +727,11 @@ def load_sampler(a: argparse.Namespace, device, longest: int, program: str) -> T
     cannot, one line naming the flag and argparse's exit status, before any weight is read."""
     dtype = getattr(torch, a.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
     tokens = longest + a.max_new_tokens
-    problem = kv_budget_problem(read_config(a.model), kv_budget_of(a.kv_gib), tokens, dtype)
+    budget = kv_budget_of(a.kv_gib) or default_kv_budget(device)   # the default is sized now, as generate() will
+    problem = kv_budget_problem(read_config(a.model), budget, tokens, dtype)
     if problem:
-        print(f"{program}: error: --kv-gib {a.kv_gib}: {problem} (the longest prompt, {longest} tokens, "
-              f"+ --max-new-tokens {a.max_new_tokens})", file=sys.stderr)
+        print(f"{program}: error: --kv-gib {a.kv_gib:g}: {problem} (the longest prompt, {longest} tokens, "
+              f"+ --max-new-tokens {a.max_new_tokens}): raise --kv-gib or lower --max-new-tokens", file=sys.stderr)
         raise SystemExit(2)
     return Transformer.from_pretrained(a.model, device=device, dtype=dtype).eval()
 

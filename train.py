@@ -54,13 +54,14 @@ import grpo
 import runfolder
 import toy
 from common import (PROGRESS, add_config_flags, all_sum_named, bound_problem, enter, fail_fast, print0,
-                    start_distributed, stop_distributed)
+                    refuse_diverged_ranks, start_distributed, stop_distributed)
 from data import (THINK_CHOICES, Tokenizer, clean_exit, load_problems, polish_method,
                   reference_answers, requires_think, shard, take)
 from evaluate import evaluate
 from model import Transformer
 from runfolder import TrainerState, enter_stage, save_step
 from sample import default_kv_budget, generate, kv_budget_of, kv_budget_problem
+from verify import STATS as GRADER_STATS
 from verify import grade_batch, reward_of
 
 
@@ -167,11 +168,13 @@ class Update:
 
 @dataclass
 class StepTimes:
-    """Wall-clock seconds of one GRPO step's parts (logged, never used for decisions)."""
+    """Wall-clock seconds of one GRPO step's parts, and the grader's give-ups (logged, never used
+    for decisions)."""
     start: float = field(default_factory=time.time)   # when the step began
     sample_s: float = 0.0      # generation, over every refill round
     grade_s: float = 0.0       # decoding and grading, over every refill round
     train_s: float = 0.0       # old/ref log-probs, the optimizer steps and the sampler's re-sync
+    grade_timeouts: int = 0    # answers graded "not correct" because sympy ran out of time (job or batch budget)
 
 
 @dataclass
@@ -276,11 +279,13 @@ def collect_rollouts(run: Run, models: Models, recs: list, data_pos: int, step: 
         if os.environ.get(STALL_ENV) == str(run.rank):   # the test hook (see STALL_ENV)
             time.sleep(24 * 3600)
         t0 = time.time()
+        gave_up = GRADER_STATS["timeout"] + GRADER_STATS["deadline"]
         got, grade_s = rollout(models.sampler, run.tok, shard(batch, run.rank, run.world), cfg,
                                seed=rollout_seed(cfg.seed, step, rounds, run.rank), require_think=run.require_think,
                                kv_budget=run.kv_budget or None)
         times.sample_s += time.time() - t0 - grade_s
         times.grade_s += grade_s
+        times.grade_timeouts += GRADER_STATS["timeout"] + GRADER_STATS["deadline"] - gave_up
         if cfg.dynamic_sampling:
             keep = groups_with_signal(got)
             got = [r for r in got if r.group in keep]
@@ -505,7 +510,8 @@ def step_metrics(run: Run, rollouts: list[Rollout], update: Update, times: StepT
     n_groups = len({r.group for r in rollouts})
     tot = all_sum_named(dict(reward=sum(r.reward for r in rollouts), correct=sum(r.correct for r in rollouts),
                              samples=len(rollouts), tokens=sum(lens), truncated=sum(r.truncated for r in rollouts),
-                             zero_var=n_groups - len(groups_with_signal(rollouts)), groups=n_groups),
+                             zero_var=n_groups - len(groups_with_signal(rollouts)), groups=n_groups,
+                             grade_timeouts=times.grade_timeouts),
                         run.world, run.device)
     longest = torch.tensor([max(lens, default=0)], device=run.device)
     if run.world > 1:
@@ -518,7 +524,7 @@ def step_metrics(run: Run, rollouts: list[Rollout], update: Update, times: StepT
                 clip_frac=means["clip_frac"], grad_norm=sum(update.grad_norms) / len(update.grad_norms),
                 loss=means["loss"], tok_per_s=tot["tokens"] / max(1e-9, times.sample_s), sample_s=times.sample_s,
                 grade_s=times.grade_s, train_s=times.train_s, step_s=time.time() - times.start,
-                skipped=update.skipped, data_pos=data_pos, stage=run.stage, ctx=run.cfg.ctx,
+                skipped=update.skipped, grade_timeouts=int(tot["grade_timeouts"]), data_pos=data_pos, stage=run.stage, ctx=run.cfg.ctx,
                 samples=run.cfg.samples)
 
 
@@ -667,6 +673,8 @@ def range_problem(cfg: Config) -> str:
     problem = bound_problem(cfg, LOWER_BOUNDS)
     if problem:
         return problem
+    if not -2**43 < cfg.seed < 2**43:   # rollout_seed multiplies it by ~10^6 into generate()'s 64-bit seed
+        return f"--seed must be between -2^43 and 2^43, not {cfg.seed}"
     for name in ("top_p", "eval_top_p", "clip_low"):
         if getattr(cfg, name) > 1:
             return f"--{name.replace('_', '-')} must be <= 1, not {getattr(cfg, name)}"
@@ -707,6 +715,17 @@ def usable_problems(path: str, cfg: Config, tok) -> tuple[list[dict], list[dict]
     if not kept:
         raise SystemExit(f"{path}: no usable problems")
     return kept, within_budget
+
+
+# Flags that may differ between ranks: where each rank finds its files (a node-local copy of the
+# same model or data may live at another path); the data's content is compared instead.
+RANK_LOCAL = {"model", "data", "eval_data", "out", "resume"}
+
+
+def rank_signature(cfg: Config) -> dict:
+    """What every rank must agree on: its flags but RANK_LOCAL's, and the content of --data."""
+    flags = {f"--{k.replace('_', '-')}": v for k, v in asdict(cfg).items() if k not in RANK_LOCAL}
+    return flags | {"--data content (SHA-256)": runfolder.content_digest(cfg.data)}
 
 
 def load_models(run: Run, src: str, ref_step: int = 0) -> Models:
@@ -815,16 +834,19 @@ def main(argv=None):
     interrupted = (f"the last checkpoint in {os.path.join(cfg.out, 'checkpoints')} is intact; "
                    "the same command with --resume auto continues from it")
     timeout_flag = f"--collective-timeout-s {cfg.collective_timeout_s:g}"
-    with clean_exit("train.py", on_interrupt=interrupted), fail_fast("train.py", timeout_flag):
+    with clean_exit("train.py", on_interrupt=interrupted), fail_fast("train.py", timeout_flag), \
+            contextlib.ExitStack() as held:
         # --- distributed: one process per GPU under torchrun, else one process
         rank, world, device = start_distributed(timeout_s=cfg.collective_timeout_s)
         check_batch_split(cfg, world)
+        if rank == 0:   # one writer per run folder: <out>/.lock, held until main returns or raises
+            held.enter_context(runfolder.claim(cfg.out))
         if not cfg.resume:
             runfolder.refuse_used_out(cfg.out)   # before any model is loaded: a mistake costs nothing
         torch.manual_seed(cfg.seed)
-        os.makedirs(cfg.out, exist_ok=True)
         if not cfg.model:
             toy.use_in(cfg, rank, world)
+        refuse_diverged_ranks(rank_signature(cfg), world, "train.py")
 
         # --- data: each problem's prompt tokenized once
         tok = Tokenizer.from_pretrained(cfg.model)

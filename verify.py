@@ -63,6 +63,7 @@ Left out: unit conversion, approximate answers ("to two significant figures"), \
 import argparse
 import json
 import logging
+import math
 import os
 import re
 import sys
@@ -79,8 +80,13 @@ from latex import (NeedSympy, Ops, ParseError, SyntaxOnly, TooBig, depths, parse
 from workers import Pool
 
 log = logging.getLogger("verify")
-STATS: Counter = Counter()   # timeout, error, bad_reference, worker_died, too_long, no_answer
+STATS: Counter = Counter()   # timeout, deadline, error, bad_reference, worker_died, too_long, no_answer
 TIMEOUT = 5.0                # seconds of sympy work per (reference, answer) pair
+# Seconds of sympy work per grade_batch() call, over all its jobs: without it 5% of answers that
+# each run to TIMEOUT turned a 1 s batch of 2,000 into 145 s at every GRPO step. A batch of
+# ordinary answers (~20 ms each on 4 workers) needs a few seconds; jobs still waiting when the
+# budget is spent are "not correct", counted in STATS['deadline'].
+BATCH_BUDGET = 60.0
 # the reason given when the answer, or the part of it a rule kept, holds nothing: `\boxed{.}`,
 # `x =`, `and`; found again in a verdict's why, whose steps are joined by " > " and " | "
 NO_ANSWER = "no answer"
@@ -120,12 +126,13 @@ def reward(response: str, answer, require_think: bool = False, timeout: float = 
 
 
 def grade_batch(pairs, workers: int | None = None, timeout: float = TIMEOUT,
-                problem: str | None = None) -> list:
+                problem: str | None = None, budget: float = BATCH_BUDGET) -> list:
     """grade() for many (response, answer) pairs, or (response, answer, problem) triples:
-    string work here, sympy jobs on `workers` processes. `problem` is the problem of every
-    pair that does not carry its own (the samples of one prompt)."""
+    string work here, sympy jobs on `workers` processes, all of them within `budget` seconds.
+    `problem` is the problem of every pair that does not carry its own (the samples of one
+    prompt)."""
     workers = workers or min(4, os.cpu_count() or 1)
-    return [i["correct"] for i in _grade_all(pairs, workers, timeout, problem)]
+    return [i["correct"] for i in _grade_all(pairs, workers, timeout, problem, budget)]
 
 
 def shutdown() -> None:
@@ -137,8 +144,9 @@ def shutdown() -> None:
 
 def _refs(answer) -> list:
     """Normal forms of a reference: str, number (27.0 as written), GSM8K '#### N', or a list
-    of them. None is no reference (it is not the text "None")."""
-    if answer is None:
+    of them. None is no reference (it is not the text "None"), and neither is a float NaN (it
+    would match the text NaN); a float infinity is \\infty."""
+    if answer is None or (isinstance(answer, float) and math.isnan(answer)):
         return []
     if isinstance(answer, (list, tuple)):
         return [r for x in answer for r in _refs(x)]
@@ -198,19 +206,28 @@ def _prepare_checked(response: str, answer, problem: str | None) -> dict:
     return info
 
 
-def _grade_all(pairs, workers: int, timeout: float, problem: str | None = None) -> list:
+def _grade_all(pairs, workers: int, timeout: float, problem: str | None = None,
+               budget: float = BATCH_BUDGET) -> list:
     """Infos for (response, answer) or (response, answer, problem) tuples; `problem` serves the
-    pairs that carry none. The sympy jobs run on `workers` worker processes."""
+    pairs that carry none. The sympy jobs run on `workers` worker processes until `budget`
+    seconds have passed; a job then still waiting is not correct (STATS['deadline']), and one
+    that was running gets what is left of the budget as its timeout."""
     infos = [_prepare(p[0], p[1], p[2] if len(p) > 2 else problem) for p in pairs]
     results = {}
     jobs = list({i["job"] for i in infos if i["job"]})
     todo = iter(jobs)   # shared by the threads: each next() hands out a job once
+    deadline = time.monotonic() + budget
 
     def drive():   # one thread per worker process; the threads only wait on pipes
         w = _pool.take()
         try:
             for job in todo:
-                results[job], w = _ask(w, job, timeout)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    STATS["deadline"] += 1
+                    results[job] = (False, f"batch budget of {budget:g}s spent before this job")
+                    continue
+                results[job], w = _ask(w, job, min(timeout, left), cache_timeout=left >= timeout)
         finally:
             _pool.give(w)
 
@@ -227,12 +244,16 @@ def _grade_all(pairs, workers: int, timeout: float, problem: str | None = None) 
     return infos
 
 
-def _ask(w, job: str, timeout: float) -> tuple:
+def _ask(w, job: str, timeout: float, cache_timeout: bool = True) -> tuple:
     """Run one job (a JSON line) on worker w: ((verdict, why), worker to use next). The pool
     replaces a timed-out or dead worker (and counts it); errors and bad references are counted
-    and logged here, and the other verdicts cached."""
+    and logged here, and the other verdicts cached. A job that ran out its full timeout is
+    cached as not correct too (cache_timeout): the same hostile answer, sampled again, costs
+    nothing the next time."""
     answer, failure, w = _pool.ask(w, job, timeout)
     if failure:
+        if failure.startswith("timeout") and cache_timeout:
+            _cache[job] = (False, failure)
         return (False, failure), w
     ok, why = answer
     if ok is None:
@@ -680,6 +701,16 @@ def _judge(sympy, line: str) -> list:
 
 # ---------------------------------------------------------------------------- command line
 
+def workers_problem(workers: int) -> str:
+    """Why `workers` grading processes are too many or too few for this machine ("" if not): each
+    holds sympy, about 50 MB, and more processes than about twice the CPUs only wait for a core.
+    Every --workers flag (verify.py, polish.py, evaluate.py) is checked with it."""
+    most = 2 * (os.cpu_count() or 1)
+    if workers is None or 1 <= workers <= most:
+        return ""
+    return f"--workers must be between 1 and {most} (twice this machine's CPUs), not {workers}"
+
+
 def _read_rows(path: str) -> tuple[list, list]:
     """The gradeable rows of a JSONL file, and (line number, why) for each bad one."""
     rows, bad = [], []
@@ -726,6 +757,11 @@ def main(argv=None) -> None:
     ap.add_argument("--workers", type=int, default=os.cpu_count(), help="sympy worker processes")
     ap.add_argument("--timeout", type=float, default=TIMEOUT, help="seconds per sympy job")
     args = ap.parse_args(argv)
+    if not (math.isfinite(args.timeout) and args.timeout > 0):
+        ap.error(f"--timeout must be a finite number of seconds > 0, not {args.timeout}")
+    problem = workers_problem(args.workers)
+    if problem:
+        ap.error(problem)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     if args.file:
         grade_file(args.file, args.workers, args.timeout)

@@ -1,5 +1,6 @@
 """Dataset loading: formats, field mapping, validation errors, dedup, shuffling, sharding."""
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -124,3 +125,48 @@ def test_clean_exit_turns_input_errors_and_ctrl_c_into_one_line(capsys, monkeypa
     monkeypatch.setenv("DEBUG", "1")
     with pytest.raises(DataError), clean_exit("prog"):
         raise DataError("x")
+
+
+@pytest.mark.parametrize("answer,said", [
+    ([[2, -2]], "holds a nested list [2, -2]"),            # joined it would read as 2 - 2 = 0
+    ([["2", "-2"], "2"], "holds a nested list ['2', '-2']"),
+    ({"value": 2}, "holds a nested dict"),
+])
+def test_an_answer_no_grader_can_hold_to_is_refused_with_file_and_line(tmp_path, answer, said):
+    path = write(tmp_path / "x.jsonl", json.dumps({"problem": "p", "answer": "1"}) + "\n"
+                 + json.dumps({"problem": "q", "answer": answer}) + "\n")
+    with pytest.raises(DataError, match=re.escape(f"x.jsonl:2: field 'answer' {said}")):
+        load_records(path)
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
+def test_a_non_finite_number_answer_is_refused(tmp_path, literal):
+    path = write(tmp_path / "x.jsonl", '{"problem": "p", "answer": %s}\n' % literal)
+    with pytest.raises(DataError, match="x.jsonl:1: field 'answer' is .*, not a finite number"):
+        load_records(path)
+
+
+def test_a_nan_reference_never_matches_the_text_nan():
+    import verify
+    assert not verify.grade("\\boxed{NaN}", float("nan"))
+    assert verify.grade("\\boxed{\\infty}", float("inf"))      # an infinite float is infinity, as before
+
+
+def test_a_huge_line_is_not_read_whole(tmp_path, monkeypatch):
+    import data
+    monkeypatch.setattr(data, "MAX_LINE", 1000)
+    path = write(tmp_path / "x.jsonl", json.dumps({"problem": "p", "answer": "1"}) + "\n" + "0" * 5000)
+    with pytest.raises(DataError, match=r"x.jsonl:2: a line over 0 MiB \(starts b'0000"):
+        load_records(path)
+    monkeypatch.setattr(data, "MAX_JSON_LIST", 10)
+    with pytest.raises(DataError, match="a JSON list of 0.0 GiB, over the 0 GiB read whole; write it as JSONL"):
+        load_records(write(tmp_path / "y.json", json.dumps([{"problem": "p", "answer": "1"}])))
+
+
+def test_a_fifo_or_device_is_not_a_regular_file(tmp_path):
+    import os
+    fifo = tmp_path / "pipe.jsonl"
+    os.mkfifo(fifo)
+    for path in (str(fifo), "/dev/zero"):
+        with pytest.raises(DataError, match="not a regular file or a folder"):
+            load_records(path)

@@ -90,7 +90,8 @@ BAD_FLAGS = [
     (["--kv-gib", "-0.5"], "--kv-gib must be >= 0.0, not -0.5"),
     (["--kv-gib", "nan"], "--kv-gib must be a finite number, not nan"),
     (["--prompt-budget", "0"], "--prompt-budget must be >= 1, not 0"),
-    (["--workers", "0"], "--workers must be >= 1, not 0"),
+    (["--workers", "0"], f"--workers must be between 1 and {2 * (os.cpu_count() or 1)} (twice this machine's "
+                         "CPUs), not 0"),
     (["--out", "no/such/dir/r.jsonl"], "--out no/such/dir/r.jsonl: its folder does not exist"),
     (["--data", "nope.jsonl"], "--data nope.jsonl: no such file or folder"),
     (["--model", "nope"], "--model nope: no such folder"),

@@ -211,7 +211,8 @@ def test_cli_kv_gib_0_is_the_default_and_too_little_fails_before_loading(model_d
     assert e.value.code == 2 and len(err) == 1
     assert err[0].startswith("sample.py: error: --kv-gib 1e-06: the KV budget of 1.0 KiB holds no sequence of "
                              "18 tokens")
-    assert err[0].endswith("(the longest prompt, 14 tokens, + --max-new-tokens 4)")
+    assert err[0].endswith("(the longest prompt, 14 tokens, + --max-new-tokens 4): raise --kv-gib or lower "
+                           "--max-new-tokens")
 
 
 def test_cli_prompt_over_the_budget_is_one_line(model_dir, monkeypatch, capsys):

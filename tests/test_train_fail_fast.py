@@ -222,7 +222,7 @@ def test_a_cut_short_checkpoint_write_or_prune_leaves_the_last_whole_one(tmp_pat
         mp.setattr(torch, "save", interrupt)
         with pytest.raises(KeyboardInterrupt):
             save(model, opt, cfg, 2, 8, tok_dir=str(tmp_path))
-    assert runfolder.find_resume(cfg.out, cfg.resume) == str(root / "step_000001")
+    assert runfolder.find_resume(cfg.out, cfg.resume)[0] == str(root / "step_000001")
     assert checkpoint_files(root / "step_000001") == first
 
     real_rmtree = shutil.rmtree
@@ -241,7 +241,7 @@ def test_a_cut_short_checkpoint_write_or_prune_leaves_the_last_whole_one(tmp_pat
     names = runfolder.complete_checkpoints(str(root))
     assert names == ["step_000002"]
     assert all(os.path.isfile(root / name / "trainer_state.pt") for name in names)
-    assert runfolder.find_resume(cfg.out, cfg.resume) == str(root / "step_000002")
+    assert runfolder.find_resume(cfg.out, cfg.resume)[0] == str(root / "step_000002")
     save(model, opt, cfg, 3, 12, tok_dir=str(tmp_path))
     assert os.listdir(root) == ["step_000003"]
 
