@@ -17,7 +17,10 @@ refused. A later stage's reference/ is hard-linked into each of the stage's chec
 copy on disk), so one write into it damages them all at once: each checkpoint's manifest
 covers its reference/, all of them then fail, and `--resume auto` falls back past the stage.
 Resuming from an older checkpoint sets the newer ones aside (step_N.abandoned, never resumed
-from) at the moment metrics.jsonl loses their rows. Left out: asynchronous saving.
+from) at the moment metrics.jsonl loses their rows. What every rank and every step of a run
+must share is fixed here too: the flags and data every rank was started with (compared once),
+and the sampler's KV budget (fixed at the first step, kept on resume: the rows decoded
+together decide which random numbers each sample draws). Left out: asynchronous saving.
 """
 import hashlib
 import json
@@ -31,6 +34,7 @@ import torch.distributed as dist
 
 from common import enter, lock_output, print0
 from model import one_line
+from sample import default_kv_budget, kv_budget_of, kv_budget_problem
 
 # ----------------------------------------------------------------------------- stages
 
@@ -500,6 +504,54 @@ def resume_changes(state: TrainerState, src: str, cfg) -> tuple[list[str], str]:
         changed.append(f"--kv-gib {old.kv_gib:g} -> {cfg.kv_gib:g} ignored: sampling keeps the run's KV budget of "
                        f"{state.kv_budget / 2**30:.3g} GiB, so that rollouts repeat exactly")
     return changed, ""
+
+# ----------------------------------------------------------------------------- what every rank and step must share
+
+# Flags that may differ between ranks: where each rank finds its files (a node-local copy of the
+# same model or data may live at another path); the data's content is compared instead.
+RANK_LOCAL = {"model", "data", "eval_data", "out", "resume"}
+
+
+def rank_signature(cfg) -> dict:
+    """What every rank must agree on: its flags but RANK_LOCAL's, and the content of --data."""
+    flags = {f"--{k.replace('_', '-')}": v for k, v in asdict(cfg).items() if k not in RANK_LOCAL}
+    return flags | {"--data content (SHA-256)": content_digest(cfg.data)}
+
+
+def fix_kv_budget(run, models, opt, state: TrainerState | None) -> int:
+    """The sampler's KV bytes for the whole run. The rows decoded together follow from it and the
+    sampled tokens from the rows (uniforms are drawn per chunk of rows), so a resumed run takes the
+    budget its run fixed at the first step, whatever --kv-gib or free memory it finds now: its
+    rollouts then repeat exactly. A fresh run takes --kv-gib, or sample.py's default (60% of free
+    GPU memory) less 60% of what AdamW's first step will still allocate; the least over ranks."""
+    if state is not None and state.kv_budget:
+        refuse_budget_below_one_row(run, models, state.kv_budget)
+        return state.kv_budget
+    budget = kv_budget_of(run.cfg.kv_gib)
+    if budget is None:
+        budget = default_kv_budget(run.device)
+        if run.device.type == "cuda" and not opt.state:   # AdamW's two fp32 moments per parameter, still to come
+            budget -= int(0.6 * 2 * sum(p.numel() * p.element_size() for p in models.policy.parameters()))
+    least = torch.tensor([budget], dtype=torch.int64, device=run.device)
+    if run.world > 1:
+        dist.all_reduce(least, op=dist.ReduceOp.MIN)
+    refuse_budget_below_one_row(run, models, int(least))
+    print0(f"sampling KV budget {int(least) / 2**30:.3g} GiB, fixed for the run (rollouts depend on it)")
+    return int(least)
+
+
+def refuse_budget_below_one_row(run, models, budget: int):
+    """The fixed budget must hold one row of the longest stage (prompt budget + its ctx tokens):
+    found at start-up, not hours in at the switch to a longer stage, where a resume could not
+    raise it (the budget is part of the run's state)."""
+    longest = max(stage.ctx for stage in run.stages)
+    problem = kv_budget_problem(models.policy.config, budget, run.cfg.prompt_budget + longest,
+                                next(models.sampler.parameters()).dtype)
+    if problem:
+        raise SystemExit(f"train.py: error: no sequence of the longest stage fits the sampler (prompt "
+                         f"{run.cfg.prompt_budget} + ctx {longest} tokens): {problem}; raise --kv-gib, or lower "
+                         f"--prompt-budget or the stage's ctx")
+
 
 # ----------------------------------------------------------------------------- metrics and curves
 

@@ -59,8 +59,8 @@ from data import (THINK_CHOICES, Tokenizer, clean_exit, load_problems, polish_me
                   reference_answers, requires_think, shard, take)
 from evaluate import evaluate
 from model import Transformer
-from runfolder import TrainerState, enter_stage, save_step
-from sample import default_kv_budget, generate, kv_budget_of, kv_budget_problem
+from runfolder import enter_stage, save_step
+from sample import generate
 from verify import STATS as GRADER_STATS
 from verify import grade_batch, reward_of
 
@@ -717,17 +717,6 @@ def usable_problems(path: str, cfg: Config, tok) -> tuple[list[dict], list[dict]
     return kept, within_budget
 
 
-# Flags that may differ between ranks: where each rank finds its files (a node-local copy of the
-# same model or data may live at another path); the data's content is compared instead.
-RANK_LOCAL = {"model", "data", "eval_data", "out", "resume"}
-
-
-def rank_signature(cfg: Config) -> dict:
-    """What every rank must agree on: its flags but RANK_LOCAL's, and the content of --data."""
-    flags = {f"--{k.replace('_', '-')}": v for k, v in asdict(cfg).items() if k not in RANK_LOCAL}
-    return flags | {"--data content (SHA-256)": runfolder.content_digest(cfg.data)}
-
-
 def load_models(run: Run, src: str, ref_step: int = 0) -> Models:
     """The policy from src in fp32 (AdamW needs it), the reference (bf16 on GPU) when the KL term
     is on: --model, or src's reference/ when a stage switch after ref_step steps made it; a bf16
@@ -751,41 +740,6 @@ def load_models(run: Run, src: str, ref_step: int = 0) -> Models:
            f"{'bf16' if sampler is not policy else 'fp32'}; reward requires </think>: {run.require_think}")
     return Models(policy=policy, ddp=ddp, sampler=sampler, ref=ref, ref_step=ref_step,
                   ref_dir=ref_src if ref is not None and ref_step else "")
-
-
-def fix_kv_budget(run: Run, models: Models, opt, state: TrainerState | None) -> int:
-    """The sampler's KV bytes for the whole run. The rows decoded together follow from it and the
-    sampled tokens from the rows (uniforms are drawn per chunk of rows), so a resumed run takes the
-    budget its run fixed at the first step, whatever --kv-gib or free memory it finds now: its
-    rollouts then repeat exactly. A fresh run takes --kv-gib, or sample.py's default (60% of free
-    GPU memory) less 60% of what AdamW's first step will still allocate; the least over ranks."""
-    if state is not None and state.kv_budget:
-        refuse_budget_below_one_row(run, models, state.kv_budget)
-        return state.kv_budget
-    budget = kv_budget_of(run.cfg.kv_gib)
-    if budget is None:
-        budget = default_kv_budget(run.device)
-        if run.device.type == "cuda" and not opt.state:   # AdamW's two fp32 moments per parameter, still to come
-            budget -= int(0.6 * 2 * sum(p.numel() * p.element_size() for p in models.policy.parameters()))
-    least = torch.tensor([budget], dtype=torch.int64, device=run.device)
-    if run.world > 1:
-        dist.all_reduce(least, op=dist.ReduceOp.MIN)
-    refuse_budget_below_one_row(run, models, int(least))
-    print0(f"sampling KV budget {int(least) / 2**30:.3g} GiB, fixed for the run (rollouts depend on it)")
-    return int(least)
-
-
-def refuse_budget_below_one_row(run: Run, models: Models, budget: int):
-    """The fixed budget must hold one row of the longest stage (prompt budget + its ctx tokens):
-    found at start-up, not hours in at the switch to a longer stage, where a resume could not
-    raise it (the budget is part of the run's state)."""
-    longest = max(stage.ctx for stage in run.stages)
-    problem = kv_budget_problem(models.policy.config, budget, run.cfg.prompt_budget + longest,
-                                next(models.sampler.parameters()).dtype)
-    if problem:
-        raise SystemExit(f"train.py: error: no sequence of the longest stage fits the sampler (prompt "
-                         f"{run.cfg.prompt_budget} + ctx {longest} tokens): {problem}; raise --kv-gib, or lower "
-                         f"--prompt-budget or the stage's ctx")
 
 
 def refuse_broken_first_step(row: dict, skipped: int):
@@ -846,7 +800,7 @@ def main(argv=None):
         torch.manual_seed(cfg.seed)
         if not cfg.model:
             toy.use_in(cfg, rank, world)
-        refuse_diverged_ranks(rank_signature(cfg), world, "train.py")
+        refuse_diverged_ranks(runfolder.rank_signature(cfg), world, "train.py")
 
         # --- data: each problem's prompt tokenized once
         tok = Tokenizer.from_pretrained(cfg.model)
@@ -877,7 +831,7 @@ def main(argv=None):
         opt = torch.optim.AdamW(models.policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         if state is not None:
             opt.load_state_dict(state.optimizer)
-        run.kv_budget = fix_kv_budget(run, models, opt, state)
+        run.kv_budget = runfolder.fix_kv_budget(run, models, opt, state)
         before = after = None
         if eval_recs and start_step == 0:
             before = evaluate_heldout(run, models.sampler, eval_recs, "before GRPO")

@@ -198,12 +198,12 @@ def test_ranks_started_with_different_flags_are_refused(tmp_path, monkeypatch):
     data.write_text('{"problem": "1+1", "answer": "2"}\n')
     copy = tmp_path / "b.jsonl"
     copy.write_text(data.read_text())
-    mine = train.rank_signature(train.Config(data=str(data)))
-    other = train.rank_signature(train.Config(data=str(copy)))
+    mine = runfolder.rank_signature(train.Config(data=str(data)))
+    other = runfolder.rank_signature(train.Config(data=str(copy)))
     assert mine == other
 
     def gather(seen, values):
-        seen[:] = [values, train.rank_signature(train.Config(data=str(copy), lr=2e-6))]
+        seen[:] = [values, runfolder.rank_signature(train.Config(data=str(copy), lr=2e-6))]
 
     monkeypatch.setattr(common.dist, "all_gather_object", gather)
     with pytest.raises(SystemExit) as e:
@@ -213,7 +213,7 @@ def test_ranks_started_with_different_flags_are_refused(tmp_path, monkeypatch):
     copy.write_text('{"problem": "1+2", "answer": "3"}\n')
 
     def gather_other_data(seen, values):
-        seen[:] = [values, train.rank_signature(train.Config(data=str(copy)))]
+        seen[:] = [values, runfolder.rank_signature(train.Config(data=str(copy)))]
 
     monkeypatch.setattr(common.dist, "all_gather_object", gather_other_data)
     with pytest.raises(SystemExit) as e:
