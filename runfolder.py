@@ -25,6 +25,7 @@ together decide which random numbers each sample draws). Left out: asynchronous 
 import hashlib
 import json
 import os
+import pickle
 import re
 import shutil
 from dataclasses import asdict, dataclass, fields, replace
@@ -139,6 +140,14 @@ class TrainerState:
 MANIFEST = "manifest.json"   # in a checkpoint: {path relative to it: SHA-256 hex} of every other file
 
 
+# What torch.load raises for a damaged trainer_state.pt, seen with truncated, zeroed and random
+# bytes: a bad zip or pickle stream (RuntimeError, UnpicklingError, EOFError, ValueError), a
+# pickle that names what does not exist (AttributeError, ImportError, KeyError, IndexError,
+# TypeError), or a read error (OSError).
+UNREADABLE = (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, AttributeError, ImportError, KeyError,
+              IndexError, TypeError, OSError)
+
+
 class CheckpointError(Exception):
     """A checkpoint folder that must not be resumed from; the message says which file and why."""
 
@@ -215,7 +224,7 @@ def read_state(src: str) -> TrainerState:
         raise CheckpointError(f"{src}: not a checkpoint of train.py (no trainer_state.pt)")
     try:
         saved = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:   # torch raises RuntimeError, EOFError, UnpicklingError, ... for damaged files
+    except UNREADABLE as e:
         raise CheckpointError(f"{path}: unreadable ({type(e).__name__}: {one_line(e)})") from None
     names = {f.name for f in fields(TrainerState)}
     if not isinstance(saved, dict) or not {"step", "data_pos", "optimizer", "config", "rng"} <= set(saved):
