@@ -11,12 +11,20 @@ of the full batch however the batch is split. DeepScaleR's defaults: advantages
 (r - mean) / (std + 1e-6) per group, clip 0.2 both sides, k3 KL with coefficient 0.001,
 entropy bonus 0.001, token-mean aggregation.
 
-Left out: value functions (GRPO has none), reward shaping, importance-sampling corrections
-for an off-policy sampler (ours samples from the live weights).
+Options beside DeepScaleR's recipe (it used none of them): GSPO's sequence-level ratio,
+truncated importance sampling (TIS) of the gap between the sampler's and the trainer's
+log-probs, and the measure of that gap itself (logp_gap). Masking truncated responses out of
+the loss (DAPO's overlong filtering) needs no formula: train.py leaves them out of the batch.
+
+Left out: value functions (GRPO has none), reward shaping.
 """
+import math
+
 import torch
 
 AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+POLICY_LOSSES = ("grpo", "gspo")
+TIS_LEVELS = ("token", "sequence")
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-6,
@@ -49,10 +57,67 @@ def clipped_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: 
     logp, old_logp, advantages (N,) (advantages broadcast per token). Returns loss (N,) and a
     bool (N,) that is True where the clipped branch was the smaller (no gradient flows).
     """
-    ratio = torch.exp(logp - old_logp)
+    return clipped_surrogate(torch.exp(logp - old_logp), advantages, clip_low, clip_high)
+
+
+def clipped_surrogate(ratio: torch.Tensor, advantages: torch.Tensor, clip_low: float, clip_high: float):
+    """-min(ratio * A, clip(ratio, 1 - clip_low, 1 + clip_high) * A) per token, and whether the
+    clipped branch was the smaller: the one formula PPO's and GSPO's ratios go through."""
     unclipped = ratio * advantages
     clipped = torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high) * advantages
     return -torch.minimum(unclipped, clipped), clipped < unclipped
+
+
+def per_sequence_sum(values: torch.Tensor, seq_index: torch.Tensor, num_seqs: int) -> torch.Tensor:
+    """(num_seqs,) sums of per-token values (N,) over the tokens of each sequence."""
+    return torch.zeros(num_seqs, dtype=values.dtype, device=values.device).index_add_(0, seq_index, values)
+
+
+def gspo_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
+                     seq_index: torch.Tensor, seq_lens: torch.Tensor, clip_low: float, clip_high: float):
+    """GSPO's clipped objective (Zheng et al. 2025, "Group Sequence Policy Optimization"; verl's
+    loss_mode "gspo"): one ratio per response, the length-normalised sequence likelihood ratio
+
+        s_i = exp(mean_t (logp_it - old_logp_it))         clipped per response to [1 - low, 1 + high]
+
+    written per token as GSPO-token does, s_it = exp(logp_it - sg(logp_it) + sg(log s_i)): every
+    token carries the value s_i and the gradient s_i * grad logp_it, so that averaging each
+    response's tokens (seq-mean-token-mean) gives GSPO's objective exactly. The paper's clip
+    ranges are ~3e-4 / 4e-4, far below PPO's 0.2. Returns loss (N,) and clipped flags (N,)."""
+    log_s = per_sequence_sum(logp.detach() - old_logp, seq_index, seq_lens.numel()) / seq_lens.clamp(min=1)
+    log_ratio = logp - logp.detach() + log_s[seq_index]
+    ratio = torch.exp(torch.clamp(log_ratio, max=10.0))   # verl's cap on the log-ratio: no overflow
+    return clipped_surrogate(ratio, advantages, clip_low, clip_high)
+
+
+def tis_weights(old_logp: torch.Tensor, sampler_logp: torch.Tensor, cap: float, level: str = "token",
+                seq_index: torch.Tensor | None = None, num_seqs: int = 0) -> torch.Tensor:
+    """Truncated importance sampling weights (N,), no gradient, for the policy-gradient term when
+    the tokens were drawn by a sampler whose log-probs differ from the trainer's old policy
+    (Yao et al. 2025, "Your efficient RL framework secretly brings you off-policy RL training";
+    verl's tis_imp_ratio_cap, TRL's vllm_importance_sampling_cap):
+
+        token     w_it = min(exp(old_logp_it - sampler_logp_it), cap)
+        sequence  w_i  = min(exp(sum_t (old_logp_it - sampler_logp_it)), cap), one for all its tokens
+
+    The sequence product is computed in log space and capped before exp (no overflow)."""
+    d = (old_logp - sampler_logp).detach()
+    if level == "token":
+        return torch.exp(torch.clamp(d, max=math.log(cap)))
+    if level == "sequence":
+        log_w = per_sequence_sum(d, seq_index, num_seqs).clamp(max=math.log(cap))
+        return torch.exp(log_w)[seq_index]
+    raise ValueError(f"unknown TIS level {level!r}; choose one of {TIS_LEVELS}")
+
+
+def logp_gap(trainer_logp: torch.Tensor, sampler_logp: torch.Tensor) -> dict:
+    """How far the log-probs the sampler drew each token with are from the trainer's for the
+    same token, d = trainer - sampler (N,): |d|, the k3 estimate of KL(sampler || trainer) for
+    tokens the sampler drew (exp(d) - d - 1 >= 0), and whether the ratio exp(d) is outside
+    [0.5, 2] (|d| > ln 2). On CPU in fp32 d is ~1e-6; a bf16 sampling copy is expected to give
+    some hundredths per token; a stale copy or a temperature applied on one side only, more."""
+    d = (trainer_logp - sampler_logp).double()
+    return {"abs": d.abs(), "k3": torch.exp(d) - d - 1.0, "outside": d.abs() > math.log(2.0)}
 
 
 def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
@@ -95,16 +160,26 @@ def aggregate(values: torch.Tensor, seq_index: torch.Tensor, seq_lens: torch.Ten
 
 
 def grpo_token_loss(logp, old_logp, ref_logp, entropy, advantages, clip_low=0.2, clip_high=0.2,
-                    kl_coef=0.001, entropy_coef=0.001):
+                    kl_coef=0.001, entropy_coef=0.001, policy_loss="grpo", seq_index=None, seq_lens=None,
+                    is_weights=None):
     """The full per-token loss and its parts.
 
-        loss = clipped_policy_loss + kl_coef * k3(logp, ref_logp) - entropy_coef * entropy
+        loss = w * policy_loss + kl_coef * k3(logp, ref_logp) - entropy_coef * entropy
 
-    ref_logp may be None when kl_coef == 0 (no reference model is needed then); entropy may
-    be None when entropy_coef == 0. Returns (loss (N,), parts) where parts holds the detached
-    per-token pieces for logging: pg, kl, entropy, clipped.
+    policy_loss is "grpo" (clipped_policy_loss, per token) or "gspo" (gspo_policy_loss, per
+    response: needs seq_index and seq_lens); w is is_weights (tis_weights) or 1. ref_logp may be
+    None when kl_coef == 0 (no reference model is needed then); entropy may be None when
+    entropy_coef == 0. Returns (loss (N,), parts) where parts holds the detached per-token
+    pieces for logging: pg, kl, entropy, clipped.
     """
-    pg, clipped = clipped_policy_loss(logp, old_logp, advantages, clip_low, clip_high)
+    if policy_loss == "grpo":
+        pg, clipped = clipped_policy_loss(logp, old_logp, advantages, clip_low, clip_high)
+    elif policy_loss == "gspo":
+        pg, clipped = gspo_policy_loss(logp, old_logp, advantages, seq_index, seq_lens, clip_low, clip_high)
+    else:
+        raise ValueError(f"unknown policy loss {policy_loss!r}; choose one of {POLICY_LOSSES}")
+    if is_weights is not None:
+        pg = pg * is_weights
     loss, parts = pg, {"pg": pg.detach(), "clipped": clipped}
     if kl_coef:
         kl = kl_k3(logp, ref_logp)

@@ -606,10 +606,10 @@ def plot(run_dir: str):
     except ImportError:
         raise SystemExit("plotting needs matplotlib: pip install matplotlib") from None
     rows = [row for _, row in read_metrics(path)]
-    keys = ["reward", "accuracy", "len_mean", "entropy", "kl"]
+    keys = ["reward", "accuracy", "len_mean", "entropy", "kl"] + (["gap_mean"] if rows and "gap_mean" in rows[-1] else [])
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3))
     for ax, k in zip(axes, keys):
-        ax.plot([r["step"] for r in rows], [r[k] for r in rows])
+        ax.plot([r["step"] for r in rows], [r.get(k, float("nan")) for r in rows])
         for x, label in stage_switches(rows):
             ax.axvline(x + 0.5, color="gray", linestyle="--", linewidth=0.8, label=label)
         ax.set_title(k)

@@ -58,6 +58,7 @@ from common import (PROGRESS, add_config_flags, all_sum_named, bound_problem, en
 from data import (THINK_CHOICES, Tokenizer, clean_exit, load_problems, polish_method,
                   reference_answers, requires_think, shard, take)
 from evaluate import evaluate
+from metrics import METRIC_SUMS, add_sums, gap_columns, gap_sums, log_line, refuse_gap, token_means
 from model import Transformer
 from runfolder import enter_stage, save_step
 from sample import generate
@@ -101,7 +102,12 @@ class Config:
     entropy_coef: float = 0.001      # entropy bonus
     loss_agg: str = "token-mean"     # token-mean | seq-mean-token-mean | seq-mean-token-sum-norm
     scale_adv: bool = True           # divide advantages by the group std (off: Dr. GRPO)
-    old_logp: str = "recompute"      # recompute: a no-grad forward before updating; sampler: reuse
+    old_logp: str = "recompute"      # recompute: a no-grad forward before updating (logs the sampler-trainer gap); sampler: reuse the sampler's log-probs (no gap can be seen)
+    max_logp_gap: float = 0.1        # stop when the sampler's and the trainer's log-probs differ by more than this per token on average (bf16 rounding: hundredths); 0: never; needs recompute
+    policy_loss: str = "grpo"        # grpo: a PPO ratio per token (DeepScaleR) | gspo: one length-normalised ratio per response (use clips ~3e-4)
+    tis_cap: float = 0.0             # truncated importance sampling of the sampler-trainer gap: policy gradient x min(p_old / p_sampler, cap); 0: off (DeepScaleR); ~2
+    tis_level: str = "token"         # token | sequence: a TIS weight per token, or one per response (its tokens' ratios multiplied)
+    mask_truncated: bool = False     # overlong filtering (DAPO): leave responses cut off at --ctx out of the loss
     micro_tokens: int = 16384        # tokens per packed micro-batch
     grad_ckpt: bool = True           # activation checkpointing per layer
     amp: bool = True                 # bf16 autocast for training and a bf16 sampling copy (CUDA)
@@ -306,17 +312,21 @@ def store_old_and_ref_logprobs(run: Run, models: Models, rollouts: list[Rollout]
     ratio, and log pi_ref(o_t) for the KL penalty, both of every sampled token before any update.
 
     --old-logp sampler reuses the sampler's own log-probs for pi_old (exact when the sampler is
-    the fp32 policy; a bf16 copy's differ slightly); recompute runs a no-grad forward of the policy."""
+    the fp32 policy; a bf16 copy's differ slightly); recompute runs a no-grad forward of the policy
+    and returns this rank's sums of the gap between the two (grpo.logp_gap; None under sampler)."""
     cfg = run.cfg
     enter("old/ref log-probs")
     models.policy.train()
+    gap = None
     if cfg.old_logp == "sampler":
         for r in rollouts:
             r.old_logp = r.logprobs
     else:
         store_logprobs(models.policy, rollouts, "old_logp", cfg, run.device, run.amp)
+        gap = gap_sums(rollouts)
     if models.ref is not None:
         store_logprobs(models.ref, rollouts, "ref_logp", cfg, run.device, run.amp)
+    return gap
 
 
 @torch.no_grad()
@@ -339,7 +349,9 @@ def update_policy(run: Run, models: Models, opt, rollouts: list[Rollout]) -> Upd
     sums, norms, skipped = {}, [], 0
     for u in range(cfg.updates_per_step):   # each mini-batch is a slice of whole groups
         part = set(groups[u::cfg.updates_per_step])
-        mini = [r for r in rollouts if r.group in part]
+        # --mask-truncated: a response cut off at --ctx takes no part in the loss (its group's
+        # advantages were computed with it: its reward still counts against the others')
+        mini = [r for r in rollouts if r.group in part and not (cfg.mask_truncated and r.truncated)]
         m = train_minibatch(models.ddp, models.policy, mini, loss_fn=grpo_loss, temperature=cfg.temperature,
                             cfg=cfg, device=run.device, world=run.world, amp=run.amp)
         sums = add_sums(sums, m)
@@ -413,15 +425,10 @@ def forward_logprobs(ddp_model, model, mb: list[Sequence], temperature, device, 
         return model.token_logprobs(h, torch.tensor(tgt, device=device), temperature,
                                     with_entropy=with_entropy)
 
-# What train_minibatch sums on each rank: this rank's share of the loss (the shares add up to the
-# mini-batch loss, each already divided by the whole batch's tokens or sequences), and the sums of
-# per-token KL, entropy and clipped flags with the number of tokens they are over.
-METRIC_SUMS = ("loss", "kl", "entropy", "clipped", "tokens")
-
-
 def grpo_loss(logp, ent, mb: list[Rollout], cfg, batch: tuple[int, int]) -> tuple[torch.Tensor, dict]:
     """GRPO's loss on a micro-batch (grpo.py states every convention): the clipped surrogate
-    -min(ratio * A, clip(ratio) * A) + kl_coef * k3 KL to the reference - entropy_coef * entropy,
+    -min(ratio * A, clip(ratio) * A) (per token, or per response with --policy-loss gspo), times
+    the TIS weight with --tis-cap, + kl_coef * k3 KL to the reference - entropy_coef * entropy,
     aggregated by --loss-agg over the whole mini-batch, whose completion tokens and sequences over
     every rank are `batch`. logp, ent: (N,) over the micro-batch's completion tokens. Returns the
     loss and the per-token parts the metrics sum (kl, clipped)."""
@@ -431,8 +438,13 @@ def grpo_loss(logp, ent, mb: list[Rollout], cfg, batch: tuple[int, int]) -> tupl
     old = torch.tensor([x for s in mb for x in s.old_logp], device=device)
     refp = torch.tensor([x for s in mb for x in s.ref_logp], device=device) if cfg.kl_coef else None
     adv = torch.tensor([s.advantage for s in mb], device=device)[idx]
+    weights = None
+    if cfg.tis_cap:   # the sampler drew each token with s.logprobs; the old policy gives it `old`
+        sampled = torch.tensor([x for s in mb for x in s.logprobs], device=device)
+        weights = grpo.tis_weights(old, sampled, cfg.tis_cap, cfg.tis_level, idx, len(mb))
     tok_loss, parts = grpo.grpo_token_loss(logp, old, refp, ent, adv, cfg.clip_low, cfg.clip_high,
-                                           cfg.kl_coef, cfg.entropy_coef)
+                                           cfg.kl_coef, cfg.entropy_coef, policy_loss=cfg.policy_loss,
+                                           seq_index=idx, seq_lens=lens, is_weights=weights)
     return grpo.aggregate(tok_loss, idx, lens, cfg.loss_agg, cfg.ctx, *batch), parts
 
 
@@ -485,26 +497,13 @@ def join_gradient_all_reduce(ddp_model, device, amp: bool):
     (out.float().sum() * 0.0).backward()
 
 
-def add_sums(a: dict, b: dict) -> dict:
-    """Metric bookkeeping: the element-wise sum of two dicts of named sums (a missing name is 0)."""
-    return {k: a.get(k, 0.0) + b.get(k, 0.0) for k in {**a, **b}}
-
-def token_means(sums: dict, world: int, device) -> dict:
-    """The GRPO update's logged metrics from train_minibatch's per-rank sums, the same under any
-    world size: entropy, KL (k3 to the reference) and clip fraction are per-token means over every
-    rank's completion tokens; loss is the whole batch's (the sum of the ranks' shares)."""
-    tot = all_sum_named({k: sums.get(k, 0.0) for k in METRIC_SUMS}, world, device)
-    n_tok = max(1.0, tot["tokens"])
-    return dict(entropy=tot["entropy"] / n_tok, kl=tot["kl"] / n_tok, clip_frac=tot["clipped"] / n_tok,
-                loss=tot["loss"])
-
-
 # ----------------------------------------------------------------------------- metrics
 
 def step_metrics(run: Run, rollouts: list[Rollout], update: Update, times: StepTimes, step: int,
-                 data_pos: int) -> dict:
+                 data_pos: int, gap: dict | None = None) -> dict:
     """Not part of the objective: the step's metrics row, reward and lengths summed over every
-    rank, the update's means over every rank's tokens. Collective: every rank calls it."""
+    rank, the update's means over every rank's tokens, and the sampler-trainer gap (gap_sums)
+    when it was measured. Collective: every rank calls it."""
     enter("metrics")
     lens = [len(r.tokens) for r in rollouts]
     n_groups = len({r.group for r in rollouts})
@@ -524,17 +523,8 @@ def step_metrics(run: Run, rollouts: list[Rollout], update: Update, times: StepT
                 clip_frac=means["clip_frac"], grad_norm=sum(update.grad_norms) / len(update.grad_norms),
                 loss=means["loss"], tok_per_s=tot["tokens"] / max(1e-9, times.sample_s), sample_s=times.sample_s,
                 grade_s=times.grade_s, train_s=times.train_s, step_s=time.time() - times.start,
-                skipped=update.skipped, grade_timeouts=int(tot["grade_timeouts"]), data_pos=data_pos, stage=run.stage, ctx=run.cfg.ctx,
-                samples=run.cfg.samples)
-
-
-def log_line(row: dict) -> str:
-    """The step's one line on stdout."""
-    return (f"step {row['step']:>5} stage {row['stage']} | reward {row['reward']:.3f} acc {row['accuracy']:.3f} | len "
-            f"{row['len_mean']:.0f}/{row['len_max']} trunc {100 * row['truncated']:.0f}% zero-var "
-            f"{100 * row['zero_var']:.0f}% | ent {row['entropy']:.3f} kl {row['kl']:.4f} clip "
-            f"{row['clip_frac']:.3f} gnorm {row['grad_norm']:.3f} | {row['tok_per_s']:.0f} tok/s | "
-            f"sample {row['sample_s']:.1f}s grade {row['grade_s']:.1f}s train {row['train_s']:.1f}s")
+                skipped=update.skipped, grade_timeouts=int(tot["grade_timeouts"]), data_pos=data_pos,
+                stage=run.stage, ctx=run.cfg.ctx, samples=run.cfg.samples) | gap_columns(gap, run.world, run.device)
 
 
 def show_rollouts(tok, rollouts: list[Rollout]):
@@ -632,8 +622,13 @@ def parse_config(argv) -> tuple[Config, set]:
         ap.error(f"--think must be yes, no or auto, not {cfg.think!r}")
     if cfg.old_logp not in ("recompute", "sampler"):
         ap.error(f"--old-logp must be recompute or sampler, not {cfg.old_logp!r}")
-    if cfg.loss_agg not in grpo.AGGREGATIONS:
-        ap.error(f"--loss-agg must be one of {grpo.AGGREGATIONS}, not {cfg.loss_agg!r}")
+    for name, choices in (("loss_agg", grpo.AGGREGATIONS), ("policy_loss", grpo.POLICY_LOSSES),
+                          ("tis_level", grpo.TIS_LEVELS)):
+        if getattr(cfg, name) not in choices:
+            ap.error(f"--{name.replace('_', '-')} must be one of {choices}, not {getattr(cfg, name)!r}")
+    if cfg.tis_cap and cfg.old_logp == "sampler":
+        ap.error("--tis-cap corrects the gap between --old-logp recompute's log-probs and the sampler's: "
+                 "with --old-logp sampler they are one, so it would change nothing")
     if cfg.model and not cfg.data:
         ap.error("--model needs --data (a records file; see data.py)")
     problem = range_problem(cfg)
@@ -664,7 +659,8 @@ LOWER_BOUNDS = {
     "sft_steps": (0, True), "sft_lr": (0.0, True), "sft_batch": (1, True), "steps": (0, True),
     "save_every": (0, True), "keep": (1, True), "eval_every": (0, True), "eval_samples": (1, True),
     "eval_temperature": (0.0, True), "eval_top_p": (0.0, False), "show_every": (1, True),
-    "max_bad_steps": (1, True), "collective_timeout_s": (0.0, False),
+    "max_bad_steps": (1, True), "collective_timeout_s": (0.0, False), "max_logp_gap": (0.0, True),
+    "tis_cap": (0.0, True),
 }
 
 
@@ -675,6 +671,8 @@ def range_problem(cfg: Config) -> str:
         return problem
     if not -2**43 < cfg.seed < 2**43:   # rollout_seed multiplies it by ~10^6 into generate()'s 64-bit seed
         return f"--seed must be between -2^43 and 2^43, not {cfg.seed}"
+    if 0 < cfg.tis_cap < 1:
+        return f"--tis-cap must be 0 (off) or >= 1 (a cap below 1 would shrink every token's weight), not {cfg.tis_cap}"
     for name in ("top_p", "eval_top_p", "clip_low"):
         if getattr(cfg, name) > 1:
             return f"--{name.replace('_', '-')} must be <= 1, not {getattr(cfg, name)}"
@@ -849,13 +847,13 @@ def main(argv=None):
             rollouts, data_pos = collect_rollouts(run, models, train_recs, data_pos, step, times)
             # 2) log p of each sampled token before the update (PPO's old policy) and under the reference
             t0 = time.time()
-            store_old_and_ref_logprobs(run, models, rollouts)
+            gap = store_old_and_ref_logprobs(run, models, rollouts)
             # 3) cfg.updates_per_step optimizer steps, each on a slice of whole groups
             update = update_policy(run, models, opt, rollouts)
             times.train_s = time.time() - t0
             bad = bad + 1 if update.skipped else 0
             # 4) metrics over all ranks, one line; a non-finite first step means broken weights: stop
-            row = step_metrics(run, rollouts, update, times, step, data_pos)
+            row = step_metrics(run, rollouts, update, times, step, data_pos, gap)
             print0(log_line(row))
             if step == start_step:
                 refuse_broken_first_step(row, update.skipped)
@@ -867,6 +865,7 @@ def main(argv=None):
                 after = evaluate_heldout(run, models.sampler, eval_recs, f"at step {step + 1}", row)
             if rank == 0:
                 runfolder.write_row(metrics_f, wandb_run, row)
+            refuse_gap(row, cfg.max_logp_gap)   # after the row is written: it holds the figures
             if bad >= cfg.max_bad_steps:
                 raise SystemExit(f"stopping: {bad} steps in a row had a non-finite gradient (last step {step + 1}); "
                                  "lower --lr or check the data")

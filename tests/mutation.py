@@ -57,6 +57,7 @@ MODEL = "tests/test_model.py::"
 SAMPLE = "tests/test_sample.py::"
 EVALUATE = "tests/test_evaluate.py::"
 RUNFOLDER = "tests/test_runfolder.py::"
+GAP = "tests/test_gap.py::"
 POLISH = "tests/test_polish.py::"
 DATA = "tests/test_data.py::"
 TOKENIZER = "tests/test_tokenizer.py::"
@@ -207,6 +208,38 @@ MUTANTS = [
            DATA + "test_a_fifo_or_device_is_not_a_regular_file", "a FIFO reported as a missing file"),
     mutant("answers.py", '    "\\uff0d": "-", ', "    ", RUNFOLDER + "test_every_minus_sign_reads_as_minus",
            "a fullwidth minus unreadable while fullwidth digits are read"),
+    # ------------------------------------------------------------------ the sampler-trainer gap and the loss options
+    mutant("grpo.py", "        return torch.exp(torch.clamp(d, max=math.log(cap)))", "        return torch.exp(d)",
+           GAP + "test_tis_weights_by_hand", "token-level TIS weights never capped"),
+    mutant("grpo.py", "        log_w = per_sequence_sum(d, seq_index, num_seqs).clamp(max=math.log(cap))",
+           "        log_w = per_sequence_sum(d, seq_index, num_seqs).clamp(max=cap)",
+           GAP + "test_tis_weights_by_hand", "sequence-level TIS capped in log space at the cap itself"),
+    mutant("grpo.py", "    d = (old_logp - sampler_logp).detach()", "    d = old_logp - sampler_logp",
+           GAP + "test_tis_weights_by_hand", "gradient flows through the TIS weight"),
+    mutant("grpo.py", "    log_ratio = logp - logp.detach() + log_s[seq_index]", "    log_ratio = logp - old_logp",
+           GAP + "test_gspo_by_hand_value_clip_and_gradient", "GSPO with PPO's per-token ratio"),
+    mutant("grpo.py", "seq_index, seq_lens.numel()) / seq_lens.clamp(min=1)", "seq_index, seq_lens.numel())",
+           GAP + "test_gspo_by_hand_value_clip_and_gradient", "GSPO's sequence ratio not normalised by length"),
+    mutant("grpo.py", '"outside": d.abs() > math.log(2.0)}', '"outside": d.abs() > 2.0}',
+           GAP + "test_logp_gap_by_hand", "the ratio band [0.5, 2] taken on log-probs"),
+    mutant("grpo.py", '"k3": torch.exp(d) - d - 1.0', '"k3": torch.exp(-d) + d - 1.0',
+           GAP + "test_logp_gap_by_hand", "the gap's k3 KL in the other direction"),
+    mutant("grpo.py", "        pg = pg * is_weights", "        pass", GAP + "test_tis_weights_only_the_policy_gradient",
+           "--tis-cap computes weights and never applies them"),
+    mutant("train.py", "and not (cfg.mask_truncated and r.truncated)]", "]",
+           GAP + "test_masked_truncated_responses_take_no_part_in_the_update", "--mask-truncated ignored"),
+    mutant("metrics.py", '    if not limit or row.get("gap_mean", 0.0) <= limit:', "    if True:",
+           (GAP + "test_the_guard_stops_a_run_whose_sampling_copy_is_not_synced",
+            GAP + "test_the_guard_stops_a_run_that_tempers_one_side_only"), "--max-logp-gap never stops a run"),
+    mutant("metrics.py", "    sampler = torch.tensor([x for r in rollouts for x in r.logprobs], dtype=torch.float64)",
+           "    sampler = torch.tensor([x for r in rollouts for x in r.old_logp], dtype=torch.float64)",
+           GAP + "test_gap_is_zero_on_cpu_fp32_and_exactly_a_planted_shift", "the gap measured against itself"),
+    mutant("train.py", "        sampled = torch.tensor([x for s in mb for x in s.logprobs], device=device)",
+           "        sampled = torch.tensor([x for s in mb for x in s.old_logp], device=device)",
+           LOOP + "test_loss_and_gradients_do_not_depend_on_the_micro_batch_split",
+           "TIS weights from the old policy against itself (always 1)"),
+    mutant("train.py", "policy_loss=cfg.policy_loss,", 'policy_loss="grpo",',
+           LOOP + "test_loss_and_gradients_do_not_depend_on_the_micro_batch_split", "--policy-loss gspo ignored"),
     # ------------------------------------------------------------------ grpo.py
     mutant("grpo.py", "centred = centred / (r.std(dim=1, unbiased=True, keepdim=True) + eps)",
            "centred = centred / (r.var(dim=1, unbiased=True, keepdim=True) + eps).sqrt()",
@@ -215,7 +248,8 @@ MUTANTS = [
            "centred = centred / (r.std(dim=1, unbiased=False, keepdim=True) + eps)",
            GRPO, "biased group std"),
     mutant("grpo.py", "if scale and group_size > 1:", "if group_size > 1:", GRPO, "scale=False still divides by the std"),
-    mutant("grpo.py", "ratio = torch.exp(logp - old_logp)", "ratio = torch.exp(old_logp - logp)", GRPO, "inverted ratio"),
+    mutant("grpo.py", "clipped_surrogate(torch.exp(logp - old_logp),", "clipped_surrogate(torch.exp(old_logp - logp),", GRPO,
+           "inverted ratio"),
     mutant("grpo.py", "torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)", "torch.clamp(ratio, 1.0 - clip_high, 1.0 + clip_low)",
            GRPO, "clip bounds swapped (clip-higher lost)"),
     mutant("grpo.py", "return -torch.minimum(unclipped, clipped), clipped < unclipped",

@@ -81,8 +81,15 @@ def expected_loss(model, seqs, cfg):
     for s in seqs:
         logp, ent = plain_logprobs(model, s, cfg.temperature, with_entropy=True)
         adv = torch.full_like(logp, s.advantage)
-        tok_loss, _ = grpo.grpo_token_loss(logp, torch.tensor(s.old_logp), torch.tensor(s.ref_logp), ent, adv,
-                                           cfg.clip_low, cfg.clip_high, cfg.kl_coef, cfg.entropy_coef)
+        one = torch.zeros(len(logp), dtype=torch.long)            # every token is this one response's
+        old = torch.tensor(s.old_logp)
+        weights = None
+        if cfg.tis_cap:
+            weights = grpo.tis_weights(old, torch.tensor(s.logprobs), cfg.tis_cap, cfg.tis_level, one, 1)
+        tok_loss, _ = grpo.grpo_token_loss(logp, old, torch.tensor(s.ref_logp), ent, adv,
+                                           cfg.clip_low, cfg.clip_high, cfg.kl_coef, cfg.entropy_coef,
+                                           policy_loss=cfg.policy_loss, seq_index=one,
+                                           seq_lens=torch.tensor([len(logp)]), is_weights=weights)
         per_seq.append(tok_loss)
     n_tok, n_seq = sum(len(x) for x in per_seq), len(per_seq)
     if cfg.loss_agg == "token-mean":
@@ -154,9 +161,13 @@ def test_the_update_scores_tokens_at_the_sampling_temperature():
 
 
 @pytest.mark.parametrize("loss_agg", grpo.AGGREGATIONS)
-def test_loss_and_gradients_do_not_depend_on_the_micro_batch_split(loss_agg):
+@pytest.mark.parametrize("variant", [dict(), dict(policy_loss="gspo", clip_low=3e-4, clip_high=4e-4),
+                                     dict(tis_cap=2.0), dict(tis_cap=1.5, tis_level="sequence")],
+                         ids=["grpo", "gspo", "tis", "tis-seq"])
+def test_loss_and_gradients_do_not_depend_on_the_micro_batch_split(loss_agg, variant):
     """The same mini-batch packed as one micro-batch, a few, or one sequence each: the same
-    summed loss, clip count and gradients (clipping, KL and entropy all active)."""
+    summed loss, clip count and gradients (clipping, KL and entropy all active), for GRPO's
+    ratio, GSPO's, and both levels of truncated importance sampling."""
     model = tiny_model()
     seqs = fresh_rollout(model)
     g = torch.Generator().manual_seed(0)
@@ -167,14 +178,14 @@ def test_loss_and_gradients_do_not_depend_on_the_micro_batch_split(loss_agg):
     results = []
     for micro_tokens in (10**6, 60, 1):
         cfg = train.Config(temperature=T, kl_coef=0.1, entropy_coef=0.01, loss_agg=loss_agg, ctx=9,
-                           micro_tokens=micro_tokens)
+                           micro_tokens=micro_tokens, **variant)
         model.zero_grad()
         m = train.train_minibatch(model, model, seqs, loss_fn=train.grpo_loss, temperature=cfg.temperature, cfg=cfg,
                                   device=CPU, world=1, amp=False)
         results.append((len(train.pack(seqs, micro_tokens)), m, grads_of(model)))
     assert [r[0] for r in results] == [1, len(train.pack(seqs, 60)), len(seqs)] and results[1][0] > 2
     (_, m0, g0), rest = results[0], results[1:]
-    assert 0 < m0["clipped"] < m0["tokens"]                                 # some tokens clipped
+    assert 0 < m0["clipped"] < m0["tokens"]                                 # some tokens (responses) clipped
     with torch.no_grad():
         want = expected_loss(model, seqs, cfg)
     assert m0["loss"] == pytest.approx(float(want), abs=1e-5)
