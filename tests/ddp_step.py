@@ -2,12 +2,14 @@
 
     python tests/ddp_step.py OUT.pt                               # one process, all sequences
     torchrun --nproc_per_node=2 tests/ddp_step.py OUT.pt          # each rank half of them
+    torchrun --nproc_per_node=2 tests/ddp_step.py OUT.pt empty    # rank 0 all of them, rank 1 none
 
 Rank 0 writes the parameters after the optimizer step and the update's logged metrics
 (train.token_means: entropy, KL, clip fraction, loss) to OUT.pt. Rank 0 gets more tokens than
 rank 1, so the ranks pack different numbers of micro-batches (4 and 2): only the last backward of each
 synchronises.
 """
+import datetime
 import os
 import sys
 
@@ -25,7 +27,8 @@ if world > 1:
     # group's worker threads alive past destroy_process_group into interpreter exit, where one still
     # freeing the last all-reduce aborted the rank ("terminate called without an active exception").
     import torch.distributed.nn  # noqa: F401
-    dist.init_process_group("gloo")
+    # a rank that misses a collective (the empty rank not joining the all-reduce) fails in a minute
+    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
 torch.manual_seed(0)
 model = Transformer(ModelConfig(model_type="qwen2", vocab_size=64, hidden_size=32, intermediate_size=64,
                                 num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2))
@@ -42,7 +45,10 @@ for i in range(8):  # sequences 0-3 are long (rank 0's share when world == 2), 4
                               advantage=adv, truncated=False, group=i // 2, text="", old_logp=old_logp,
                               ref_logp=ref_logp))
 cfg = train.Config(micro_tokens=20, kl_coef=0.01, entropy_coef=0.01, temperature=0.7)
-mine = seqs if world == 1 else (seqs[:4] if rank == 0 else seqs[4:])
+if len(sys.argv) > 2 and sys.argv[2] == "empty":   # rank 1 holds no sequence: it only joins the all-reduce
+    mine = seqs if rank == 0 else []
+else:
+    mine = seqs if world == 1 else (seqs[:4] if rank == 0 else seqs[4:])
 ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
 opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
 sums = train.train_minibatch(ddp, model, mine, loss_fn=train.grpo_loss, temperature=cfg.temperature, cfg=cfg,

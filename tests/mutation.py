@@ -240,6 +240,10 @@ MUTANTS = [
            "TIS weights from the old policy against itself (always 1)"),
     mutant("train.py", "policy_loss=cfg.policy_loss,", 'policy_loss="grpo",',
            LOOP + "test_loss_and_gradients_do_not_depend_on_the_micro_batch_split", "--policy-loss gspo ignored"),
+    mutant("train.py", "    if world > 1 and not mbs:\n        join_gradient_all_reduce(ddp_model, device, amp)",
+           "    if False:\n        join_gradient_all_reduce(ddp_model, device, amp)",
+           "tests/test_train.py::test_two_process_ddp_step_equals_one_process",
+           "a rank with no sequence never joins the gradient all-reduce (the others wait forever)"),
     # ------------------------------------------------------------------ grpo.py
     mutant("grpo.py", "centred = centred / (r.std(dim=1, unbiased=True, keepdim=True) + eps)",
            "centred = centred / (r.var(dim=1, unbiased=True, keepdim=True) + eps).sqrt()",

@@ -20,13 +20,15 @@ def run(args, cwd, env=None, timeout=600):
                           env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
 
 
-def test_two_process_ddp_step_equals_one_process(tmp_path):
-    """2 gloo ranks (uneven micro-batch counts) == 1 process over all sequences: the weights after
-    the step (fp32, atol 1e-6) and the logged entropy, KL, clip fraction and loss."""
+@pytest.mark.parametrize("split", ["halves", "empty"])
+def test_two_process_ddp_step_equals_one_process(tmp_path, split):
+    """2 gloo ranks == 1 process over all sequences: the weights after the step (fp32, atol 1e-6)
+    and the logged entropy, KL, clip fraction and loss. halves: the ranks pack different numbers
+    of micro-batches (4 and 2); empty: rank 1 holds no sequence and only joins the all-reduce."""
     one = run([sys.executable, str(REPO / "tests/ddp_step.py"), str(tmp_path / "one.pt")], tmp_path)
     assert one.returncode == 0, one.stderr
     two = run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
-               str(REPO / "tests/ddp_step.py"), str(tmp_path / "two.pt")], tmp_path)
+               str(REPO / "tests/ddp_step.py"), str(tmp_path / "two.pt"), split], tmp_path)
     assert two.returncode == 0, two.stderr[-3000:]
     a, b = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
     for k in a["params"]:
