@@ -752,10 +752,8 @@ def refuse_broken_first_step(row: dict, skipped: int):
                      f"(python sample.py --model ... samples from it) or lower --lr / --sft-lr")
 
 
-def finish(run: Run, models: Models, metrics_f, before, after):
-    """Close the metrics file, print the held-out change, and leave the process group."""
-    if metrics_f is not None:
-        metrics_f.close()
+def finish(run: Run, models: Models, before, after):
+    """Print the held-out change, and leave the process group."""
     if before is not None and after is not None:
         print0(f"held-out accuracy: before GRPO {100 * before:.1f}%, after GRPO {100 * after:.1f}%")
     if run.world > 1:
@@ -777,8 +775,113 @@ STALL_ENV = "TRAIN_TEST_STALL_RANK"
 
 # ----------------------------------------------------------------------------- main
 
+@dataclass
+class Start:
+    """Where the GRPO loop begins: set_up's result, for a fresh run or a resumed one."""
+    train_recs: list           # GRPO's problems (usable_problems of --data)
+    eval_recs: list            # the held-out problems; [] without --eval-data
+    opt: torch.optim.Optimizer # AdamW over the policy (its state restored on resume)
+    step: int                  # completed GRPO steps: 0, or the checkpoint's
+    data_pos: int              # the training stream's position of the next prompt batch
+    src: str                   # where the policy's weights came from (--model or a checkpoint)
+    before: float | None       # held-out pass@1 before GRPO (a fresh run with --eval-data), else None
+
+
+def set_up(cfg: Config, held: contextlib.ExitStack) -> tuple[Run, Models, Start]:
+    """distributed -> the run folder -> data -> models -> warm-up -> optimizer, every refusal made
+    before the weights load where it can be. `held` keeps the run folder's lock to the end."""
+    # --- distributed: one process per GPU under torchrun, else one process
+    rank, world, device = start_distributed(timeout_s=cfg.collective_timeout_s)
+    check_batch_split(cfg, world)
+    if rank == 0:   # one writer per run folder: <out>/.lock, held until main returns or raises
+        held.enter_context(runfolder.claim(cfg.out))
+    if not cfg.resume:
+        runfolder.refuse_used_out(cfg.out)   # before any model is loaded: a mistake costs nothing
+    torch.manual_seed(cfg.seed)
+    if not cfg.model:
+        toy.use_in(cfg, rank, world)
+    refuse_diverged_ranks(runfolder.rank_signature(cfg), world, "train.py")
+
+    # --- data: each problem's prompt tokenized once
+    tok = Tokenizer.from_pretrained(cfg.model)
+    run = Run(cfg=cfg, rank=rank, world=world, device=device, amp=cfg.amp and device.type == "cuda",
+              tok=tok, require_think=requires_think(cfg.think, tok.chat_template), stages=runfolder.schedule_of(cfg))
+    if len(run.stages) > 1:
+        print0(runfolder.describe_stages(run.stages, cfg.steps))
+    train_recs, sft_pool = usable_problems(cfg.data, cfg, tok)
+    eval_recs = usable_problems(cfg.eval_data, cfg, tok)[0] if cfg.eval_data and cfg.eval_every > 0 else []
+
+    # --- models: the policy, its sampling copy and the reference, from --model or a checkpoint
+    src, state = runfolder.resume_point(cfg, rank)
+    if rank == 0:   # after resume_point: a refused resume leaves the run folder as it was
+        with open(os.path.join(cfg.out, "config.json"), "w") as f:
+            json.dump(asdict(cfg), f, indent=2)
+    # the stage of the last step done (a switch right at the resume point happens in the loop)
+    run.stage = state.stage if state else 0
+    run.cfg = replace(cfg, ctx=run.stages[run.stage].ctx, samples=run.stages[run.stage].samples)
+    models = load_models(run, src, ref_step=0 if state is None or cfg.keep_initial_ref else state.ref_step)
+    PROGRESS.weights = src
+
+    # --- supervised warm-up (a fresh run only), then GRPO's optimizer and the sampler's KV budget
+    if cfg.sft_steps and state is None:
+        warm_up(run, models, sft_pool)
+        PROGRESS.weights = f"{src} after the {cfg.sft_steps}-step warm-up"
+    opt = torch.optim.AdamW(models.policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if state is not None:
+        opt.load_state_dict(state.optimizer)
+    run.kv_budget = runfolder.fix_kv_budget(run, models, opt, state)
+    before = evaluate_heldout(run, models.sampler, eval_recs, "before GRPO") if eval_recs and not state else None
+    return run, models, Start(train_recs=train_recs, eval_recs=eval_recs, opt=opt, step=state.step if state else 0,
+                              data_pos=state.data_pos if state else 0, src=src, before=before)
+
+
+def grpo_loop(run: Run, models: Models, start: Start, held: contextlib.ExitStack) -> float | None:
+    """GRPO's steps from start.step to --steps; returns the last held-out pass@1 (None without
+    --eval-data). Rank 0 appends each step's row to metrics.jsonl (held open by `held`)."""
+    # the run's flags: run.cfg follows the stage's ctx and samples, and nothing else ever changes
+    base, opt, data_pos, after = run.cfg, start.opt, start.data_pos, None
+    metrics_f = held.enter_context(open(os.path.join(base.out, "metrics.jsonl"), "a")) if run.rank == 0 else None
+    wandb_run = runfolder.open_wandb(base, run.rank)
+    bad = 0   # consecutive steps with an optimizer step skipped for a non-finite gradient
+    for step in range(start.step, base.steps):
+        PROGRESS.step = step + 1
+        # 0) the step's stage: at a switch, new ctx and samples, the reference and AdamW afresh
+        opt = enter_stage(run, models, opt, base, step)
+        times = StepTimes()
+        # 1) rollouts: --samples completions per prompt from the live weights, graded, advantages per group
+        rollouts, data_pos = collect_rollouts(run, models, start.train_recs, data_pos, step, times)
+        # 2) log p of each sampled token before the update (PPO's old policy) and under the reference
+        t0 = time.time()
+        gap = store_old_and_ref_logprobs(run, models, rollouts)
+        # 3) --updates-per-step optimizer steps, each on a slice of whole groups
+        update = update_policy(run, models, opt, rollouts)
+        times.train_s = time.time() - t0
+        bad = bad + 1 if update.skipped else 0
+        # 4) metrics over all ranks, one line; a non-finite first step means broken weights: stop
+        row = step_metrics(run, rollouts, update, times, step, data_pos, gap)
+        print0(log_line(row))
+        if step == start.step:
+            refuse_broken_first_step(row, update.skipped)
+        PROGRESS.weights = f"the policy after step {step + 1} (from {start.src})"
+        if (step + 1) % base.show_every == 0:
+            show_rollouts(run.tok, rollouts)
+        # 5) held-out accuracy on its schedule and at the end, then the row is written
+        if start.eval_recs and ((step + 1) % base.eval_every == 0 or step + 1 == base.steps):
+            after = evaluate_heldout(run, models.sampler, start.eval_recs, f"at step {step + 1}", row)
+        if run.rank == 0:
+            runfolder.write_row(metrics_f, wandb_run, row)
+        refuse_gap(row, base.max_logp_gap)   # after the row is written: it holds the figures
+        if bad >= base.max_bad_steps:
+            raise SystemExit(f"stopping: {bad} steps in a row had a non-finite gradient (last step {step + 1}); "
+                             "lower --lr or check the data")
+        # 6) a checkpoint on its schedule and at the end
+        if base.save_every and ((step + 1) % base.save_every == 0 or step + 1 == base.steps):
+            save_step(run, models, opt, step + 1, data_pos)
+    return after
+
+
 def main(argv=None):
-    """config -> distributed -> data -> models -> warm-up -> the GRPO loop -> save."""
+    """config -> set-up (distributed, data, models, warm-up) -> the GRPO loop -> finish."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["plot"]:
         return runfolder.plot(argv[1] if len(argv) > 1 else "runs/grpo")
@@ -788,91 +891,9 @@ def main(argv=None):
     timeout_flag = f"--collective-timeout-s {cfg.collective_timeout_s:g}"
     with clean_exit("train.py", on_interrupt=interrupted), fail_fast("train.py", timeout_flag), \
             contextlib.ExitStack() as held:
-        # --- distributed: one process per GPU under torchrun, else one process
-        rank, world, device = start_distributed(timeout_s=cfg.collective_timeout_s)
-        check_batch_split(cfg, world)
-        if rank == 0:   # one writer per run folder: <out>/.lock, held until main returns or raises
-            held.enter_context(runfolder.claim(cfg.out))
-        if not cfg.resume:
-            runfolder.refuse_used_out(cfg.out)   # before any model is loaded: a mistake costs nothing
-        torch.manual_seed(cfg.seed)
-        if not cfg.model:
-            toy.use_in(cfg, rank, world)
-        refuse_diverged_ranks(runfolder.rank_signature(cfg), world, "train.py")
-
-        # --- data: each problem's prompt tokenized once
-        tok = Tokenizer.from_pretrained(cfg.model)
-        run = Run(cfg=cfg, rank=rank, world=world, device=device, amp=cfg.amp and device.type == "cuda",
-                  tok=tok, require_think=requires_think(cfg.think, tok.chat_template), stages=runfolder.schedule_of(cfg))
-        if len(run.stages) > 1:
-            print0(runfolder.describe_stages(run.stages, cfg.steps))
-        train_recs, sft_pool = usable_problems(cfg.data, cfg, tok)
-        eval_recs = usable_problems(cfg.eval_data, cfg, tok)[0] if cfg.eval_data and cfg.eval_every > 0 else []
-
-        # --- models: the policy, its sampling copy and the reference, from --model or a checkpoint
-        src, state = runfolder.resume_point(cfg, rank)
-        if rank == 0:   # after resume_point: a refused resume leaves the run folder as it was
-            with open(os.path.join(cfg.out, "config.json"), "w") as f:
-                json.dump(asdict(cfg), f, indent=2)
-        start_step, data_pos = (state.step, state.data_pos) if state else (0, 0)
-        # the stage of the last step done (a switch right at the resume point happens in the loop)
-        run.stage = state.stage if state else 0
-        run.cfg = replace(cfg, ctx=run.stages[run.stage].ctx, samples=run.stages[run.stage].samples)
-        ref_step = 0 if state is None or cfg.keep_initial_ref else state.ref_step
-        models = load_models(run, src, ref_step=ref_step)
-        PROGRESS.weights = src
-
-        # --- supervised warm-up (a fresh run only), then GRPO's optimizer
-        if cfg.sft_steps and state is None:
-            warm_up(run, models, sft_pool)
-            PROGRESS.weights = f"{src} after the {cfg.sft_steps}-step warm-up"
-        opt = torch.optim.AdamW(models.policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        if state is not None:
-            opt.load_state_dict(state.optimizer)
-        run.kv_budget = runfolder.fix_kv_budget(run, models, opt, state)
-        before = after = None
-        if eval_recs and start_step == 0:
-            before = evaluate_heldout(run, models.sampler, eval_recs, "before GRPO")
-        wandb_run = runfolder.open_wandb(cfg, rank)
-        metrics_f = open(os.path.join(cfg.out, "metrics.jsonl"), "a") if rank == 0 else None
-
-        # --- the GRPO loop
-        bad = 0   # consecutive steps with an optimizer step skipped for a non-finite gradient
-        for step in range(start_step, cfg.steps):
-            PROGRESS.step = step + 1
-            # 0) the step's stage: at a switch, new ctx and samples, the reference and AdamW afresh
-            opt = enter_stage(run, models, opt, cfg, step)
-            times = StepTimes()
-            # 1) rollouts: cfg.samples completions per prompt from the live weights, graded, advantages per group
-            rollouts, data_pos = collect_rollouts(run, models, train_recs, data_pos, step, times)
-            # 2) log p of each sampled token before the update (PPO's old policy) and under the reference
-            t0 = time.time()
-            gap = store_old_and_ref_logprobs(run, models, rollouts)
-            # 3) cfg.updates_per_step optimizer steps, each on a slice of whole groups
-            update = update_policy(run, models, opt, rollouts)
-            times.train_s = time.time() - t0
-            bad = bad + 1 if update.skipped else 0
-            # 4) metrics over all ranks, one line; a non-finite first step means broken weights: stop
-            row = step_metrics(run, rollouts, update, times, step, data_pos, gap)
-            print0(log_line(row))
-            if step == start_step:
-                refuse_broken_first_step(row, update.skipped)
-            PROGRESS.weights = f"the policy after step {step + 1} (from {src})"
-            if (step + 1) % cfg.show_every == 0:
-                show_rollouts(tok, rollouts)
-            # 5) held-out accuracy on its schedule and at the end, then the row is written
-            if eval_recs and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
-                after = evaluate_heldout(run, models.sampler, eval_recs, f"at step {step + 1}", row)
-            if rank == 0:
-                runfolder.write_row(metrics_f, wandb_run, row)
-            refuse_gap(row, cfg.max_logp_gap)   # after the row is written: it holds the figures
-            if bad >= cfg.max_bad_steps:
-                raise SystemExit(f"stopping: {bad} steps in a row had a non-finite gradient (last step {step + 1}); "
-                                 "lower --lr or check the data")
-            # 6) a checkpoint on its schedule and at the end
-            if cfg.save_every and ((step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps):
-                save_step(run, models, opt, step + 1, data_pos)
-        finish(run, models, metrics_f, before, after)
+        run, models, start = set_up(cfg, held)
+        after = grpo_loop(run, models, start, held)
+        finish(run, models, start.before, after)
 
 
 if __name__ == "__main__":
