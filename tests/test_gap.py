@@ -15,10 +15,8 @@ import pytest
 import torch
 
 import grpo
-import toy
 import train
-from data import Tokenizer
-from model import ModelConfig, Transformer
+from test_train_fail_fast import task  # noqa: F401  (a fixture: toy.py's tokenizer, a tiny model, 16 problems)
 from test_train_loop import CPU, T, fresh_rollout, graded_by_parity, tiny_model
 
 E = math.e
@@ -91,28 +89,12 @@ def test_gap_is_zero_on_cpu_fp32_and_exactly_a_planted_shift():
     assert train.store_old_and_ref_logprobs(sampler_run, models, rollouts) is None   # nothing to see under sampler
 
 
-@pytest.fixture(scope="module")
-def task(tmp_path_factory):
-    """A tiny random model with toy.py's tokenizer, and 12 problems."""
-    tmp = tmp_path_factory.mktemp("gap")
-    model_dir = str(tmp / "model")
-    toy.write_tokenizer(model_dir)
-    tok = Tokenizer.from_pretrained(model_dir)
-    torch.manual_seed(0)
-    Transformer(ModelConfig(model_type="qwen2", vocab_size=(tok.vocab_size + 63) // 64 * 64, hidden_size=32,
-                            intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                            eos_token_id=[tok.eos_id], torch_dtype="float32")).save_pretrained(model_dir)
-    with open(tmp / "train.jsonl", "w") as f:
-        for i in range(12):
-            f.write(json.dumps({"problem": f"What is {i} + {i + 1}?", "answer": str(2 * i + 1)}) + "\n")
-    return tmp, model_dir
-
-
-def run_train(task, monkeypatch, name, *flags) -> tuple[list, str]:
-    """train.main for a few steps of 4 prompts x 4 samples with old log-probs recomputed; returns
-    the metrics rows and the SystemExit message ("" when the run ended normally)."""
-    tmp, model_dir = task
-    argv = ["--model", model_dir, "--data", str(tmp / "train.jsonl"), "--out", str(tmp / name), "--prompts-per-step",
+def run_train(task, out, monkeypatch, *flags) -> tuple[list, str]:  # noqa: F811
+    """train.main on test_train_fail_fast's task for a few steps of 4 prompts x 4 samples with old
+    log-probs recomputed; returns the metrics rows and the SystemExit message ("" when the run
+    ended normally)."""
+    model_dir, data = task
+    argv = ["--model", model_dir, "--data", data, "--out", str(out), "--prompts-per-step",
             "4", "--samples", "4", "--updates-per-step", "1", "--temperature", str(T),
             "--kl-coef", "0", "--entropy-coef", "0", "--old-logp", "recompute", "--micro-tokens", "100",
             "--no-grad-ckpt", "--eval-every", "0", "--save-every", "0", "--sft-steps", "0", "--show-every", "1000",
@@ -124,29 +106,29 @@ def run_train(task, monkeypatch, name, *flags) -> tuple[list, str]:
         train.main(argv)
     except SystemExit as e:
         message = str(e.code)
-    rows = [json.loads(line) for line in open(tmp / name / "metrics.jsonl")]
+    rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
     return rows, message
 
 
-def test_a_healthy_run_logs_a_gap_near_zero_in_every_row(task, monkeypatch):
-    rows, message = run_train(task, monkeypatch, "healthy", "--steps", "3", "--lr", "1e-2", "--tis-cap", "2",
+def test_a_healthy_run_logs_a_gap_near_zero_in_every_row(task, tmp_path, monkeypatch):  # noqa: F811
+    rows, message = run_train(task, tmp_path, monkeypatch, "--steps", "3", "--lr", "1e-2", "--tis-cap", "2",
                               "--max-logp-gap", "0.001")
     assert message == "" and len(rows) == 3
     assert all(r["gap_mean"] < 1e-5 and r["gap_outside"] == 0.0 for r in rows), rows
 
 
-def test_the_guard_stops_a_run_whose_sampling_copy_is_not_synced(task, monkeypatch):
+def test_the_guard_stops_a_run_whose_sampling_copy_is_not_synced(task, tmp_path, monkeypatch):  # noqa: F811
     """A separate sampling copy (SAMPLER_COPY keeps one on CPU, in bf16) that an update leaves
     behind: step 1 is fine (nothing was updated yet), step 2 samples from stale weights."""
     monkeypatch.setattr(train, "SAMPLER_COPY", True)
     monkeypatch.setattr(train, "sync_sampler", lambda models: None)
-    rows, message = run_train(task, monkeypatch, "stale", "--steps", "3", "--lr", "5e-2", "--max-logp-gap", "0.1")
+    rows, message = run_train(task, tmp_path, monkeypatch, "--steps", "3", "--lr", "5e-2", "--max-logp-gap", "0.1")
     assert len(rows) == 2 and rows[0]["gap_mean"] < 0.1 < rows[1]["gap_mean"], rows
     assert message.startswith("train.py: error: step 2: the sampler's and the trainer's log-probs differ by "), message
     assert "over --max-logp-gap 0.1" in message and "\n" not in message
 
 
-def test_the_guard_stops_a_run_that_tempers_one_side_only(task, monkeypatch):
+def test_the_guard_stops_a_run_that_tempers_one_side_only(task, tmp_path, monkeypatch):  # noqa: F811
     """The trainer scores tokens at T = 1 while the sampler drew them at T = 0.25 (a low one: this
     random model is nearly uniform): the gap is there at the first step."""
     real = train.store_logprobs
@@ -154,12 +136,12 @@ def test_the_guard_stops_a_run_that_tempers_one_side_only(task, monkeypatch):
     def untempered(model, rollouts, field_name, cfg, device, amp):
         return real(model, rollouts, field_name, dataclasses.replace(cfg, temperature=1.0), device, amp)
     monkeypatch.setattr(train, "store_logprobs", untempered)
-    rows, message = run_train(task, monkeypatch, "untempered", "--steps", "3", "--lr", "1e-2", "--temperature", "0.25")
+    rows, message = run_train(task, tmp_path, monkeypatch, "--steps", "3", "--lr", "1e-2", "--temperature", "0.25")
     assert len(rows) == 1 and rows[0]["gap_mean"] > 0.1, rows
     assert message.startswith("train.py: error: step 1: the sampler's and the trainer's log-probs differ by ")
 
 
-def test_masked_truncated_responses_take_no_part_in_the_update(task, monkeypatch):
+def test_masked_truncated_responses_take_no_part_in_the_update(task, tmp_path, monkeypatch):  # noqa: F811
     seen = []
     real = train.train_minibatch
 
@@ -167,7 +149,7 @@ def test_masked_truncated_responses_take_no_part_in_the_update(task, monkeypatch
         seen.append([s.truncated for s in seqs])
         return real(ddp_model, model, seqs, **kw)
     monkeypatch.setattr(train, "train_minibatch", spy)
-    rows, message = run_train(task, monkeypatch, "masked", "--steps", "2", "--lr", "1e-2", "--mask-truncated",
+    rows, message = run_train(task, tmp_path, monkeypatch, "--steps", "2", "--lr", "1e-2", "--mask-truncated",
                               "--policy-loss", "gspo", "--clip-low", "3e-4", "--clip-high", "4e-4",
                               "--loss-agg", "seq-mean-token-mean", "--ctx", "30")
     assert message == "" and len(rows) == 2
