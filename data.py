@@ -27,8 +27,8 @@ which are not text. Missing or malformed tokenizer files are model.ModelFileErro
 """
 import argparse
 import codecs
-import errno
 import contextlib
+import errno
 import glob
 import json
 import math
