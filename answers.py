@@ -11,8 +11,11 @@ and answers alike, and the choice letters of multiple-choice problems.
 extract() finds the last complete \boxed{..} / \fbox{..} / `\boxed 5` (after </think> if
 present; no box, an unclosed last box or an empty one is None). normalize() rewrites LaTeX-ish
 text into one form: unicode and spacing commands, \text{} wrappers, units, degree and percent
-signs, \dfrac, mixed numbers, repeating decimals, thousands separators, relation commands. Both
-work in linear time on hostile text, within the caps below (each with its measured cost).
+signs, \dfrac, mixed numbers ("3\frac12", "2 1/2"), repeating decimals, thousands separators
+("1,000", "1 000"), relation commands, grouping braces around the whole ("{1,3}"), doubled
+backslashes before command names ("\\frac"), ellipses ("...", "\dots" -> "\ldots") and
+"\simeq" (-> "\approx"). Both work in linear time on hostile text, within the caps below (each
+with its measured cost).
 
 Left out: deciding whether two answers are equal (verify.py) and reading values (latex.py);
 nothing here imports either.
@@ -115,12 +118,16 @@ _UNICODE = str.maketrans({
     "\u00bd": "\\frac{1}{2}", "\u00bc": "\\frac{1}{4}", "\u00be": "\\frac{3}{4}",
     "\u00a0": " ", "\u2009": " ", "\u202f": " ", "\u2205": "\\emptyset ",
     # the other minus-like dashes: fullwidth (as fullwidth digits, which are read), hyphen, figure dash
-    "\uff0d": "-", "\u2010": "-", "\u2011": "-", "\u2012": "-", "\ufe63": "-"})
+    "\uff0d": "-", "\u2010": "-", "\u2011": "-", "\u2012": "-", "\ufe63": "-",
+    # an ellipsis, "approximately"
+    "\u2026": " \\ldots ", "\u22ef": " \\ldots ", "\u2248": " \\approx ", "\u2243": " \\approx "})
 _REPLACE = [
     ("\\textdollar", " "), ("\\$", " "), ("$", " "), ("\\%", " "), ("%", " "), ("\\qquad", " "),
     ("\\quad", " "), ("~", " "), ("{-}", "-"), ("{,}", ","), ("\\{", "{"), ("\\}", "}"),
     ("\\langle", "("), ("\\rangle", ")"), ("\\lt", "<"), ("\\gt", ">"),
-    ("\\mathbb{R}", "(-\\infty,\\infty)"), ("\\varnothing", "\\emptyset")]
+    ("\\mathbb{R}", "(-\\infty,\\infty)"), ("\\varnothing", "\\emptyset"),
+    # "\simeq" is "\approx", which the comparison reads: it grades the exact part before it
+    ("\\simeq", "\\approx")]
 # a text-like wrapper around brace-free content: "\text{ cm}", "\mathbf{5}", "\boxed{3}"
 _WRAP = re.compile(
     r"\\(?:text|textbf|textit|textrm|textnormal|mathrm|mathbf|mathit|mbox|boxed|fbox|overline"
@@ -175,6 +182,46 @@ def _no_commas(m: re.Match) -> str:
     return m.group().replace(",", "")
 
 
+def _no_spaces(m: re.Match) -> str:
+    return m.group().replace(" ", "")
+
+
+# the command names that a JSON-mangled output writes after a doubled backslash ("\\frac");
+# a matrix's line break "\\" is followed by an entry, and no entry is one of these words
+_FOLDABLE = """frac dfrac tfrac cfrac sqrt pi cdot times div pm mp infty le leq ge geq ne neq approx
+    simeq text textbf textit mathrm mathbf boxed fbox left right begin end sin cos tan cot sec csc
+    log ln exp alpha beta gamma delta theta lambda mu sigma phi omega cup cap emptyset varnothing
+    circ degree in ldots dots cdots binom dbinom overline mid quad qquad angle lfloor rfloor
+    lceil rceil""".split()
+_DOUBLED = re.compile(r"(?<!\\)\\\\(?=(?:" + "|".join(_FOLDABLE) + r")(?![a-zA-Z]))")
+# a \begin written with one backslash: the text is real LaTeX, whose "\\" are line breaks
+_REAL_BEGIN = re.compile(r"(?<!\\)\\begin(?![a-zA-Z])")
+# a set-builder's braces, which are kept: "{x | x > 2}", "{x : x > 2}"
+_SET_BUILDER = re.compile(r"\{\s*[a-zA-Z]\s*(?:\\mid|\||:)")
+
+
+def _fold_doubled(s: str) -> str:
+    """"\\\\frac{1}{2}" -> "\\frac{1}{2}": a doubled backslash before a command name, as a
+    JSON-mangled output carries it. Text with a real (one-backslash) \\begin is left alone: there
+    a doubled backslash is a matrix's line break."""
+    if "\\\\" not in s or _REAL_BEGIN.search(s):
+        return s
+    return _DOUBLED.sub(r"\\", s)
+
+
+def _ungroup(s: str) -> str:
+    """Braces around the whole text are LaTeX grouping, not a set: "{1,3}" -> "1,3", "{}" ->
+    "". A set is written with escaped braces ("\\{1,3\\}") and keeps them, and so does a
+    set-builder "{x | x > 2}". At most three layers: each costs a scan of the text."""
+    for _ in range(3):
+        if not (s.startswith("{") and s.endswith("}")) or s.endswith("\\}"):
+            break
+        if _SET_BUILDER.match(s) or _match(s, 0) != len(s) - 1:
+            break
+        s = s[1:-1].strip()
+    return s
+
+
 # (pattern, replacement) applied before \text{} wrappers are removed
 _BEFORE = [(re.compile(p), r) for p, r in [
     # \( \) \[ \] delimiters and \phantom{..}
@@ -208,8 +255,6 @@ _AFTER = [(re.compile(p), r) for p, r in [
     (r"(?<=[\d}])\s*'+\Z", ""),
     # set-builder braces: "{x | x > 2}" -> "x > 2"
     (r"^\{\s*[a-zA-Z]\s*(?:\\mid|\||:)(.*)\}\Z", r"\1"),
-    # "\approx" is an equals sign
-    (r"\\approx(?![a-zA-Z])", "="),
     # leading "=" signs
     (r"^[=\s]+", ""),
     # "\ne", "\neq"
@@ -220,8 +265,9 @@ _AFTER = [(re.compile(p), r) for p, r in [
     (r"\\(?:ge|geq|geqslant)(?![a-zA-Z])", ">="),
     # "\infinity", "infinity", "inf", "oo"
     (r"\\infinity|(?<![a-zA-Z\\])(?:infinity|inf|oo)(?![a-zA-Z])", r"\\infty"),
-    # a leading membership: "x \in [1, 2)"
-    (r"^[A-Za-z](?:_\{?\w+\}?)?\s*\\in(?![a-zA-Z])\s*", ""),
+    # a leading membership: "x \in [1, 2)", "(x, y) \in \{(1, 2), (2, 1)\}"
+    (r"^(?:[A-Za-z](?:_\{?\w+\}?)?|\(\s*[A-Za-z](?:_\{?\w+\}?)?(?:\s*,\s*[A-Za-z](?:_\{?\w+\}?)?)+\s*\))"
+     r"\s*\\in(?![a-zA-Z])\s*", ""),
     # one-token arguments get braces: "\frac12" -> "\frac{1}2", "\sqrt2" -> "\sqrt{2}"
     (r"\\(frac|sqrt)\s*([0-9a-zA-Z])", r"\\\1{\2}"),
     # the second argument too: "\frac{1}2" -> "\frac{1}{2}"
@@ -234,9 +280,24 @@ _AFTER = [(re.compile(p), r) for p, r in [
     (r"(?<![\d.,(\[])\d{1,3}(?:,\d{3})+(?![\d,]|\.\d*,|\s*[)\]])", _no_commas),
     # empty braces are the empty set: "{ }"
     (r"^\{\s*\}\Z", "\\\\emptyset")]]
+# an ellipsis as a list item: "1, 2, \dots", "1, \cdots, 9", "1, 2, ..." (-> "\ldots")
+_ELLIPSIS_ITEM = re.compile(r"(?:(?<=,)|^)\s*(?:\.\.\.|\\[lc]?dots[cbom]?(?![a-zA-Z]))\s*(?=,|$)")
+# (pattern, replacement) for numbers written with a space, applied after _AFTER where a digit,
+# a space and a digit occur (rare: the test spares most answers two searches)
+_SPACED_NUMBERS = [(re.compile(p), r) for p, r in [
+    # thousands separated by spaces: "1 000 000", "12 345.5" ("1~000" arrives so); groups of
+    # three digits only, so "1 0000" and "2 3" stay two numbers, which the parser refuses
+    (r"(?<![\d.])(?<!\d )\d{1,3}(?: \d{3})+(?!\d| \d)", _no_spaces),
+    # a mixed number written with a space: "2 1/2" -> "(2+\frac{1}{2})" (a proper fraction only)
+    (r"(?<![\w.^_}/\\])(?<!\d )(\d+) (\d+)/(\d+)(?![\d.^])", _mixed)]]
+_DIGIT_SPACE_DIGIT = re.compile(r"\d \d")
+# a space command before a fraction's digits is a space: "2\,1/2" is 2 1/2, never 21/2
+_SPACED_FRACTION = re.compile(r"(?<=\d)\\[,;: ]\s*(?=\d+\s*/\s*\d)")
 # runs of white space: "  ", " \n "
 _SPACES = re.compile(r"\s+")
 _SPACE_RUNS = re.compile(r"(\s)\s+")
+# a normal form that holds only ellipses
+_ONLY_ELLIPSES = re.compile(r"\s*\\ldots(?:\s*,\s*\\ldots)*\s*")
 
 
 def _drop_unit(s: str) -> str:
@@ -263,14 +324,18 @@ def _normalize_cached(s: str) -> str:
 
 def _normalize(s: str) -> str:
     """normalize() without the cache."""
-    s = s.strip().translate(_UNICODE)
+    s = _ungroup(_fold_doubled(s.strip().translate(_UNICODE)))
     for a, b in _REPLACE:
         s = s.replace(a, b)
     # a run of white space as its first character: several patterns below start with \s* and
     # may start anywhere in a run, which is quadratic (8,500 spaces took 0.25 s)
     s = _SPACE_RUNS.sub(r"\1", s)
+    if "/" in s and "\\" in s:   # the spacing commands below would glue "2\,1/2" into 21/2
+        s = _SPACED_FRACTION.sub(" ", s)
     for p, r in _BEFORE:
         s = p.sub(r, s)
+    if "..." in s or "dots" in s:   # the test costs far less than the search it spares
+        s = _ELLIPSIS_ITEM.sub(r" \\ldots", s)
     while True:   # \text{..} and friends, innermost first
         t = _WRAP.sub(r" \1 ", s)
         if t == s:
@@ -284,6 +349,11 @@ def _normalize(s: str) -> str:
         s = t
     for p, r in _AFTER:
         s = p.sub(r, s)
+    if _DIGIT_SPACE_DIGIT.search(s):
+        for p, r in _SPACED_NUMBERS:
+            s = p.sub(r, s)
+    if "\\ldots" in s and _ONLY_ELLIPSES.fullmatch(s):   # "...", "\dots": an ellipsis alone is no answer
+        return ""
     return s.strip()
 
 

@@ -10,7 +10,8 @@ and tell whether two values are equal.
     sym_equal(sympy, x, y, note)         # two sympy values: exactly, at 50 digits, or simplify()
 
 A recursive-descent parser (_Parser) reads one expression (numbers, symbols, \frac, \sqrt,
-\binom, powers, n!, functions, |x|, floors) into the values of a backend. Ops keeps values as
+\binom, powers, n!, functions, |x|, floors) into the values of a backend; two plain numbers
+side by side ("2 3", "1.2.3") are no expression, never a product. Ops keeps values as
 exact Fractions while they are rational and lifts them to sympy only where it must; without
 sympy it raises NeedSympy there, which tells the caller to ask a process that has it. A cost
 model charges every exact result its size in bits and refuses, before it is computed, whatever
@@ -137,6 +138,7 @@ class _Parser:
                 w = self.unary()
                 v = self.B.div(v, w) if t in ("/", "\\div") else self.B.mul(v, w)
             elif self.starts_factor(t):
+                self.refuse_juxtaposed_numbers()
                 v = self.B.mul(v, self.power())
             else:
                 break
@@ -148,6 +150,13 @@ class _Parser:
         if kind in (_NUMBER, _SYMCMD, _FUNCWORD, _LETTER):
             return True
         return t in ("(", "{", "[") or t[1:] in _ATOMS
+
+    def refuse_juxtaposed_numbers(self) -> None:
+        """Two plain numbers side by side are never a product: a person who writes "1 000" or
+        "2 1/2" means a thousands separator or a mixed number (the normaliser reads those), and
+        "2 3" or "1.2.3" is no value at all."""
+        if self.k[self.i][0] == _NUMBER and self.k[self.i - 1][0] == _NUMBER:
+            raise ParseError(f"two numbers side by side: {self.k[self.i - 1][1]} {self.k[self.i][1]}")
 
     def unary(self):
         if self.peek() in ("-", "+"):

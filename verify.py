@@ -21,11 +21,12 @@ Timeouts and errors are "not correct", counted in STATS and logged; no exception
 grade(), reward(), grade_batch() or explain(). The file mode of the CLI reports bad lines by
 number, grades the others and ends with a summary.
 
-Four files, imports flowing down: this one holds the policy (below), the API, the typed
-comparison and the CLI; answers.py finds the final box and normalises text; latex.py reads
-LaTeX into exact values under its caps and compares sympy values; workers.py runs the killable
-worker processes: each imports this file by name and calls _worker_judge() once, which imports
-sympy and hands back _judge to answer each job.
+Five files, imports flowing down: this one holds the policy (below), the API, the typed
+comparison and the CLI; forms.py reads the shape of an answer string (names, lists, tuples,
+relations, intervals, powers) for the comparison; answers.py finds the final box and normalises
+text; latex.py reads LaTeX into exact values under its caps and compares sympy values;
+workers.py runs the killable worker processes: each imports this file by name and calls
+_worker_judge() once, which imports sympy and hands back _judge to answer each job.
 
 Policies:
 - Decimals are exact: 0.333 != 1/3.
@@ -35,7 +36,37 @@ Policies:
 - A dropped base subscript is accepted (1103 for 1103_6); a wrong base is not.
 - Boxes separated only by and/or/commas form one list, and a list is wrong against a single
   reference, so hedges ("3 or 4") fail.
-- "x = 5", "AB = 5", "10/2 = 5", "a = b = 5" reduce to the last part.
+- "x = 5", "AB = 5", "10/2 = 5", "a = b = 5" reduce to the last part. A name on the left
+  names the value on the right: "(a, b) = (4, 1)", "x:y = 3:5", "|PQ| = 7",
+  "\frac{AM}{MB} = \frac{2}{3}" are their values, and in an answer so is "m+n = 12" (a
+  reference "x + y + z = 0" stays an equation: it may be the plane asked for). A number on the
+  left names nothing: "7 = 11a+c" is an equation, never 11a+c. Two assignments compare by
+  value where either names one quantity or a tuple ("x = 5" is "y = 5"); other names must
+  match as well ("x:y = 3:5" is not "y:x = 3:5").
+- Numbers written with spaces: three-digit groups after a space are a thousands separator
+  ("1 000", "1\,000", "1~000" are 1000); a whole number, a space and a proper fraction are a
+  mixed number, as DeepScaleR's grader reads them ("2 1/2" is 5/2, "-3 1/4" is -13/4). Any
+  other two plain numbers side by side ("2 3", "2 5/2", "1 0000") are no value, never a product.
+- Several solutions: against a reference of several k-tuples, an answer may give each solution
+  as k values or assignments grouped by ";" or "or" ("x=2, y=3; x=3, y=2" is (2,3), (3,2),
+  order free). A tuple's coordinates may be separated by ";" ("(2; 3)"), and a naming prefix
+  is dropped ("(x, y) = (5, 8) \text{ and } (8, 5)", "(x, y) \in \{(5, 8), (8, 5)\}").
+- Approximations: the exact part before \approx or \simeq is graded, not the rounding after
+  it: "\frac{9}{4}\pi \approx 7.07" is right against 9\pi/4 and wrong against 7.07. Where
+  nothing exact comes before it ("x \approx 7.07"), the approximation is the answer.
+- An inequality equals itself times a positive number ("2x < 2" is "x < 1"), times -1 with the
+  sign turned ("-x > -1" is "x < 1"), and the interval it describes ("x < 1" is
+  (-\infty, 1)). A bracketed array ("\left[\begin{array}{cc}..\end{array}\right]") is a matrix.
+- Braces around a whole answer are LaTeX grouping: "{1,3}" is the list 1, 3 and "{}" holds
+  nothing; a set is written "\{1,3\}" (order free, like a list), the empty set "\{\}".
+- A doubled backslash before a command name ("\\frac{1}{2}", as JSON-mangled outputs carry
+  it) is one backslash, unless the text holds a real \begin: there "\\" is a matrix's line break.
+- Two powers of one integer base are compared by their exponents before either is computed:
+  2^{2^{2^{2^2}}} is 2^{65536}, 4^{32768} is 2^{65536}, 2^{65537} is not; the size caps refuse
+  only what must be computed (2^{65536} + 1).
+- An ellipsis item ("\ldots", "\dots", "\cdots", "...") makes a list a sequence, compared in
+  order: "1, 2, 3, \ldots" is not "1, 2, 3", "1, 2, \ldots, 10" is "1, 2, \cdots, 10"; an
+  ellipsis alone is no answer.
 - (a, b) is an ordered pair and equally an open interval.
 - A column or row vector equals the tuple of its entries.
 - Two irrational values equal to 50 digits are equal; a rational against an irrational needs
@@ -57,7 +88,9 @@ Policies:
   reference and never matches.
 
 Left out: unit conversion, approximate answers ("to two significant figures"), \log as base 10
-(it is the natural log), Windows (the workers use select() on pipes).
+(it is the natural log), Windows (the workers use select() on pipes), |x| <= 1 read as an
+interval, solutions written as chains ("x=y=z=0; x=y=z=1"), an interval against an inequality
+it can be read as only by scaling ("(-\infty, 1)" against "2x < 2").
 """
 
 import argparse
@@ -71,12 +104,14 @@ import threading
 import time
 from collections import Counter
 from fractions import Fraction
-from functools import lru_cache, partial
+from functools import partial
 
 from answers import (MAX_ITEMS, MAX_LEN, MAX_RAW, choice_letter, decoration, extract, is_text,
                      listed_choices, normalize, words)
-from latex import (NeedSympy, Ops, ParseError, SyntaxOnly, TooBig, depths, parse, proportional,
-                   sym_equal)
+from forms import (_REL, _assignment, _exact, _flat, _flip, _int_power, _interval, _items, _rhs,
+                   _root, _seq, _shape, _single_name, _solutions, _split)
+from latex import (MAX_DEPTH, NeedSympy, Ops, ParseError, SyntaxOnly, TooBig, depths, parse,
+                   proportional, sym_equal)
 from workers import Pool
 
 log = logging.getLogger("verify")
@@ -275,153 +310,16 @@ class _BadRef(Exception):
     """The reference does not parse."""
 
 
-@lru_cache(maxsize=1 << 16)   # the comparisons split the same short strings many times
-def _split(s: str, sep: re.Pattern) -> tuple[list, list]:
-    """Split s at the matches of sep outside brackets: (parts, separators). Callers never
-    mutate the cached lists."""
-    parts, seps, last, depth = [], [], 0, depths(s)
-    # separators hold no brackets, so a match inside brackets cannot leave them
-    for m in sep.finditer(s):
-        if m.end() > m.start() and depth[m.start()] == 0:
-            parts.append(s[last:m.start()].strip())
-            seps.append(m.group().strip())
-            last = m.end()
-    return parts + [s[last:].strip()], seps
-
-
-# list separators: "1, 2", "1; 2", "1 or 2", "1 and 2" (not the "or" of "for")
-_LIST = re.compile(r",|;|(?<![A-Za-z\\])(?:or|and)(?![A-Za-z])")
-# relations: "<=", "!=", "="
-_REL = re.compile(r"<=|>=|!=|<|>|=")
 # a union: "(0, 1) \cup (2, 3)"
 _CUP = re.compile(r"\\cup(?![a-zA-Z])")
 # ratio and clock-time parts: "3:1", "4:30"
 _RATIO = re.compile(":")
-# tuple items: "1, 2"
-_COMMA = re.compile(",")
-# a name being assigned: "x", "AB", "m\angle ABC", "a_{n}", "f(x)", "\theta"
-_NAME = re.compile(r"(?:m?\\angle\s*)?(?:[A-Za-z]{1,3}|\\[a-zA-Z]+)(?:_\{?\w+\}?)?(?:\([^()]*\))?")
-# a variable: "x", "a_1", "x_{10}"
-_VAR = re.compile(r"[A-Za-z](?:_\{?\w+\}?)?")
-# a matrix: "\begin{pmatrix} 1 & 2 \\ 3 & 4 \end{pmatrix}", "\begin{array}{cc} ... \end{array}"
-_MATRIX = re.compile(r"\\begin\{([pbvBV]?matrix|array)\}(?:\{[^{}]*\})?(.*)\\end\{\1\}\Z", re.S)
+# an ellipsis item of a list: "1, 2, 3, \ldots" (the normaliser writes \dots, \cdots, ... so)
+_ELLIPSIS = "\\ldots"
 # a base-n number: "1103_6", "A3_{12}"
 _BASE = re.compile(r"(-?[0-9A-Za-z]+)\s*_\{?(\d+)\}?")
 # a choice reference: "C", "(C)", "(C) 42"
 _CHOICE_REF = re.compile(r"\(?([A-E])\)?|\(([A-E])\)\s*(.+)")
-# \pm and \mp (and the never-meant \pp and \mm, which the list expansion also accepts)
-_PM_ANY = re.compile(r"\\[pm][mp](?![a-zA-Z])")
-# one \pm or \mp to expand: "1 \pm \sqrt{2}"
-_PM = re.compile(r"\\(pm|mp)(?![a-zA-Z])")
-# a LaTeX command: "\sqrt" (dropped when asking whether a side has letters)
-_COMMAND_WORD = re.compile(r"\\[a-zA-Z]+")
-_LETTERS = re.compile("[a-zA-Z]")
-
-
-def _wrapped(s: str, opens: str = "([{") -> bool:
-    """One bracketed group: (1,2), [2,12), but not (1)+(2)."""
-    return len(s) > 1 and s[0] in opens and s[-1] in ")]}" and 0 not in depths(s)[:-1]
-
-
-def _rhs(s: str, default: str | None = "") -> str | None:
-    """The value of an assignment or chain: 'x = 5', 'AB = 5', '10/2 = 5', 'a = b = 5',
-    '5 = x' -> '5'; anything else is s itself (or default, when one is given). A value that
-    would be empty ('x =', '=5=') is no value: s is kept whole, and the comparison refuses it."""
-    value = _assigned(s)
-    if value:
-        return value
-    return s if default == "" else default
-
-
-def _assigned(s: str) -> str | None:
-    """The part of s that _rhs() keeps, or None; the part may be empty."""
-    p, ops = _split(s, _REL)
-    if not ops or set(ops) != {"="} or len(_split(s, _LIST)[0]) != 1:
-        return None
-    if len(p) == 2 and _NAME.fullmatch(p[1]) and not _NAME.fullmatch(p[0]):
-        return p[0]
-    if len(p) > 2 or _NAME.fullmatch(p[0]):
-        return p[-1]
-    if not _LETTERS.search(_COMMAND_WORD.sub("", p[0])):
-        return p[-1]
-    return None
-
-
-def _items(s: str) -> list:
-    """Top-level list items: set braces dropped, 'x =' dropped from items, \\pm expanded."""
-    if _wrapped(s, "{") and "," in s:
-        s = s[1:-1]
-    out = []
-    items = [p for p in _split(s, _LIST)[0] if p]
-    for p in items:
-        first = _rhs(p) if len(items) > 1 or _PM_ANY.search(p) else p
-        # n signs expand to 2^n items: refuse before expanding what cannot fit the list cap
-        signs = len(_PM.findall(first))
-        if signs > MAX_ITEMS.bit_length() or len(out) + 2 ** signs > MAX_ITEMS + 1:
-            raise TooBig("list length")
-        todo = [first]
-        while todo and len(out) <= MAX_ITEMS:
-            q = todo.pop(0)
-            m = _PM.search(q)
-            if not m:
-                out.append(q)
-                continue
-            signs = ("+", "-") if m.group(1) == "pm" else ("-", "+")
-            todo += [q[:m.start()] + sign + q[m.end():] for sign in signs]
-    return out
-
-
-def _seq(s: str):
-    """('mat', rows) for a matrix, ('tup', open, items, close) for (a, b, ...) or [a, b), else
-    None."""
-    if m := _MATRIX.match(s):
-        rows = [[c.strip() for c in r.split("&")] for r in m.group(2).split("\\\\") if r.strip()]
-        if rows and all(len(r) == len(rows[0]) for r in rows):
-            return ("mat", rows)
-        return None
-    if not (_wrapped(s, "([") and s[-1] in ")]"):
-        return None
-    items = _split(s[1:-1], _COMMA)[0]
-    if len(items) > 1:
-        return ("tup", s[0], items, s[-1])
-    return None
-
-
-def _flat(s) -> list:
-    """The entries of a _seq() value, a matrix row by row."""
-    if s[0] == "mat":
-        return [c for row in s[1] for c in row]
-    return s[2]
-
-
-def _shape(s) -> tuple | None:
-    """(rows, columns) of a matrix, None for a tuple."""
-    if s[0] == "mat":
-        return (len(s[1]), len(s[1][0]))
-    return None
-
-
-def _interval(s: str) -> str:
-    """'x >= 3' -> '[3,\\infty)', '3 < x <= 5' -> '(3,5]'; '' if s is not such an inequality."""
-    p, ops = _split(s, _REL)
-    if ops and ops[0].startswith(">"):
-        p, ops = p[::-1], [o.replace(">", "<") for o in ops[::-1]]
-    if not ops or not set(ops) <= {"<", "<="} or len(p) > 3:
-        return ""
-    if len(p) == 2 and _VAR.fullmatch(p[0]) and not _VAR.fullmatch(p[1]):
-        p, ops = ["-\\infty"] + p, ["<"] + ops
-    elif len(p) == 2 and _VAR.fullmatch(p[1]) and not _VAR.fullmatch(p[0]):
-        p, ops = p + ["\\infty"], ops + ["<"]
-    if len(p) != 3 or not _VAR.fullmatch(p[1]):
-        return ""
-    return ("[" if ops[0] == "<=" else "(") + p[0] + "," + p[2] + ("]" if ops[1] == "<=" else ")")
-
-
-def _flip(parts: list, ops: list) -> tuple[list, list]:
-    """A relation written with > read right to left: 'a > b' -> 'b < a'."""
-    if ops and ops[0][0] == ">":
-        return parts[::-1], [x.replace(">", "<") for x in ops[::-1]]
-    return parts, ops
 
 
 class _Cmp:
@@ -447,11 +345,17 @@ class _Cmp:
         """Reference r against answer a, by the reference's shape. Every rule below that
         reduces a side to a part of it comes back here, so this is where a part that holds
         nothing is refused: an empty answer is never right, an empty reference never matches."""
+        if "\\approx" in r or "\\approx" in a:
+            self.note("exact part of an approximation")
+            r, a = _exact(r), _exact(a)
         if not r:
             raise _BadRef("a part of the reference is empty")
         if not a:
             self.note(NO_ANSWER)
             return False
+        if _ELLIPSIS in (r, a):   # an item "\\ldots" matches only another
+            self.note("ellipsis")
+            return r == a
         if m := _CHOICE_REF.fullmatch(r):
             return self.choice(m, a)
         letter, value = decoration(a)
@@ -462,7 +366,7 @@ class _Cmp:
             return words(a) == words(r)
         # "x = (1, 2)", "10/2 = 5" against a plain reference, and the other way round
         if not _split(r, _REL)[1]:
-            a = _rhs(a)
+            a = _rhs(a, sums=True)
         elif not _split(a, _REL)[1]:
             r = _rhs(r)
         if _CUP.search(r):
@@ -479,14 +383,18 @@ class _Cmp:
             return self.collection(r, a, R, A)
         sr = _seq(r) or _seq(_interval(r))
         sa = _seq(a) or _seq(_interval(a))
-        if sr or sa:
-            return bool(sr and sa) and self.seq(sr, sa)
+        if sr and sa:
+            return self.seq(sr, sa)
+        # an inequality that is no interval here ("2x < 2") is still a relation: compare it so
+        if (sr or sa) and not (_split(r, _REL)[1] and _split(a, _REL)[1]):
+            return False
         if m := _BASE.fullmatch(r):
             base = int(m.group(2))
             if 2 <= base <= 36 and all(int(c, 36) < base for c in m.group(1).lstrip("-")):
                 return self.base_n(m.group(1), base, a)
         rr = _split(r, _RATIO)[0]
-        if len(rr) > 1:   # ratios and clock times, part by part: 3:1, 4:30
+        # ratios and clock times, part by part: 3:1, 4:30 ("x:y = 3:5" is a relation)
+        if len(rr) > 1 and not _split(r, _REL)[1]:
             self.note("ratio")
             return self.pairwise(rr, _split(a, _RATIO)[0])
         return self.relation(r, a)
@@ -523,8 +431,13 @@ class _Cmp:
     def collection(self, r: str, a: str, R: list, A: list) -> bool:
         """Either side is a list (R, A its items): one item each, a tuple of assignments, or a
         set."""
+        if _ELLIPSIS in R or _ELLIPSIS in A:   # "1, 3, 5, \\ldots" is a sequence: in order
+            self.note("sequence with an ellipsis")
+            return self.pairwise(R, A)
         if len(R) == len(A) == 1:
             return self.equal(R[0], A[0])
+        if (groups := self.solutions(R, A, a)) is not None:
+            return self.multiset(R, groups)
         sr = _seq(r)
         if sr and sr[0] == "tup" and "=" in a:
             self.note("tuple")
@@ -533,6 +446,19 @@ class _Cmp:
             return True
         self.note("set")
         return self.multiset(R, A)
+
+    def solutions(self, R: list, A: list, a: str) -> list | None:
+        """A reference of several k-tuples against an answer that writes each solution as k
+        values or assignments, grouped by ';' or 'or' ('x=2, y=3; x=3, y=2'): the answer's
+        tuples, else None."""
+        seqs = [_seq(x) for x in R]
+        if len(R) < 2 or not all(s and s[0] == "tup" for s in seqs) or any(_seq(x) for x in A):
+            return None
+        k = len(seqs[0][2])
+        groups = _solutions(a, k) if all(len(s[2]) == k for s in seqs) else None
+        if groups:
+            self.note("solutions")
+        return groups
 
     def repeated(self, r: str, A: list) -> bool:
         """Several answers that all equal one reference are that value written in several forms
@@ -591,11 +517,10 @@ class _Cmp:
         if not all(ap):   # 'x =', '< 5', '=': a relation with a side missing states no value
             self.note(NO_ANSWER)
             return False
-        rv = _rhs(r, None)
-        av = _rhs(a, None) if rv is not None else None
-        if rv is not None and av is not None:
-            self.note("assignment")
-            return self.equal(rv, av)
+        named_r = _assignment(r)
+        named_a = _assignment(a, sums=True) if named_r and named_r[1] else None
+        if named_a and named_a[1]:
+            return self.assignments(named_r, named_a)
         if not ro and not ao:
             return self.scalar(r, a)
         self.note("equation" if "=" in ro + ao else "inequality")
@@ -613,6 +538,16 @@ class _Cmp:
         r0, r1, a0, a1 = self.B.S(*vals)
         return proportional(self.sp, r1 - r0, a1 - a0, ro[0] not in ("=", "!="))
 
+    def assignments(self, r: tuple, a: tuple) -> bool:
+        """Two (name, value) assignments: by value where either name is one quantity or a tuple
+        of them ('x = 5' is 'y = 5'); two other name expressions must match too ('x:y = 3:5' is
+        not 'y:x = 3:5')."""
+        if _single_name(r[0]) or _single_name(a[0]) or r[0].replace(" ", "") == a[0].replace(" ", ""):
+            self.note("assignment")
+            return self.equal(r[1], a[1])
+        self.note("named values")
+        return self.equal(r[0], a[0]) and self.equal(r[1], a[1])
+
     def value(self, s: str, ref: bool):
         """s parsed; a reference that does not read raises _BadRef, an answer that does not is
         None."""
@@ -626,6 +561,25 @@ class _Cmp:
                     raise e from None
                 self.memo[s, ref] = None
         return self.memo[s, ref]
+
+    def same_base(self, r: str, a: str) -> bool | None:
+        """Two powers of one integer base (|base| >= 2), compared by their exponents before either
+        is computed: 2^{2^{2^{2^2}}} is 2^{65536}, and 4^{32768} is 2^{2 * 32768}. None when r
+        and a are not both such powers, or their bases are not powers of one number."""
+        pr = _int_power(r)
+        pa = _int_power(a) if pr else None
+        if not (pr and pa) or min(abs(pr[0]), abs(pa[0])) < 2:
+            return None
+        # a tower past the parser's nesting cap is refused there; no recursion here
+        if (r + a).count("^") > MAX_DEPTH or max(depths(r + a), default=0) > MAX_DEPTH:
+            return None
+        (cr, kr), (ca, ka) = _root(pr[0]), _root(pa[0])
+        if cr != ca:
+            return None
+        self.note("powers of one base")
+        er = pr[1] if kr == 1 else f"{kr}\\cdot({pr[1]})"
+        ea = pa[1] if ka == 1 else f"{ka}\\cdot({pa[1]})"
+        return self.scalar(er, ea)
 
     def identical(self, r: str) -> bool:
         """Identical strings are equal if they read, however big."""
@@ -642,6 +596,9 @@ class _Cmp:
         """Two values: exact Fractions here, anything else by sympy in the worker."""
         if r == a:
             return self.identical(r)
+        same = self.same_base(r, a)
+        if same is not None:
+            return same
         x, y = self.value(r, True), self.value(a, False)
         if y is None:
             self.note("answer unreadable or too big")

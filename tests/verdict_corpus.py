@@ -69,7 +69,7 @@ def last_digit_changed(s: str) -> str | None:
 
 def load_verify(path: str | None):
     """verify.py from this checkout, or another copy to compare with: a folder holding verify.py
-    (and the answers.py, latex.py, workers.py it imports), or a file, such as a one-file verify.py
+    (and the answers.py, forms.py, latex.py, workers.py it imports), or a file, such as a one-file verify.py
     from before the split. Its folder goes first on sys.path, so that what it imports comes from
     there too, not from this checkout; a file named otherwise is imported by its own name."""
     if path is None:
