@@ -22,6 +22,7 @@ import re
 import signal
 import sys
 import threading
+import time
 from dataclasses import dataclass, fields
 
 import torch
@@ -139,7 +140,9 @@ def add_config_flags(ap: argparse.ArgumentParser, cls, suppress: bool = False):
 def _type_of(annotation):
     """The callable argparse converts a flag with: the field's type, also when annotations are strings."""
     if isinstance(annotation, str):
-        return {"int": int, "float": float, "str": str}[annotation]
+        return {"int": int, "float": float, "str": str, "str | None": str}[annotation]
+    if annotation == (str | None):    # a text flag whose default, None, means "not given"
+        return str
     return annotation
 
 
@@ -169,6 +172,7 @@ class Progress:
     step: int = 0              # the step under way, counted from 1; 0 before the loop
     weights: str = ""          # the checkpoint the policy came from (and the warm-up, if one ran)
     program: str = "train.py"  # the entry point, first word of every line it prints
+    kept: str = ""             # what a stop keeps and the command that continues, for the SIGTERM line
 
     def where(self) -> str:
         return f"{self.phase} of step {self.step}" if self.step else self.phase
@@ -190,21 +194,23 @@ def lost_contact(e: RuntimeError) -> bool:
 
 def stopped_by_signal(signum, frame):
     """SIGTERM (torchrun stopping the other ranks once one failed, or a job scheduler): one line
-    naming this rank's phase, then exit at once. os._exit skips the process group's teardown,
-    which could wait on a rank that is gone; files are flushed row by row and checkpoints
-    renamed into place whole, so nothing written is lost."""
+    naming this rank's phase and what is kept, then exit at once. os._exit skips the process
+    group's teardown, which could wait on a rank that is gone; files are flushed row by row and
+    checkpoints renamed into place whole, so nothing written is lost."""
     rank = os.environ.get("RANK", "0")
-    print(f"{PROGRESS.program}: rank {rank} stopped by {signal.Signals(signum).name} during {PROGRESS.where()}",
+    kept = f": {PROGRESS.kept}" if PROGRESS.kept else ""
+    print(f"{PROGRESS.program}: rank {rank} stopped by {signal.Signals(signum).name} during {PROGRESS.where()}{kept}",
           file=sys.stderr, flush=True)
     os._exit(128 + signum)
 
 
 @contextlib.contextmanager
-def fail_fast(program: str, timeout_flag: str):
+def fail_fast(program: str, timeout_flag: str, kept: str = ""):
     """Around a run: a lost rank, SIGTERM or non-finite logits end it with one line naming the
     phase (and the weights, when the numbers are to blame) instead of a hang or a traceback.
-    timeout_flag names the flag and value that bound a collective, for the lost-rank line."""
-    PROGRESS.__init__(program=program)   # main may run more than once in a process (tests, bench.py)
+    timeout_flag names the flag and value that bound a collective, for the lost-rank line;
+    kept says what a stop keeps and the command that continues, for the SIGTERM line."""
+    PROGRESS.__init__(program=program, kept=kept)   # main may run more than once in a process (tests, bench.py)
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, stopped_by_signal) if in_main_thread else None
     try:
@@ -221,6 +227,66 @@ def fail_fast(program: str, timeout_flag: str):
     finally:
         if previous is not None:   # None: not ours to restore (not the main thread, or set outside Python)
             signal.signal(signal.SIGTERM, previous)
+
+
+# ----------------------------------------------------------------------------- time left
+
+class SamplingEta:
+    """Time left in one sample.generate call, fed by its callback (seq, new tokens, finish).
+
+    Counting finished rows does not work under continuous batching: every row advances at
+    once, the short ones finish first, and elapsed x rows left / rows done was off by 30x and
+    more on runs where most replies run to the budget. Here the unit is a decode step (every
+    live row gains a token; its time is about constant on a GPU):
+      - a row's expected length given that it is already c tokens long is the mean of the
+        finished rows longer than c and the live rows at least that long, each of those counted
+        at the budget (it may run that far);
+      - the steps left are the live rows' expected remainders and the waiting rows' expected
+        lengths over the rows decoded together, plus half a row's length for the last wave; or,
+        with nothing waiting, the largest remainder of a live row;
+      - a step's time is measured on the live row that has run longest.
+    The simulation in tests/test_eta.py (rows of real-run-like length mixes, fewer or more than
+    fit at once) holds it within 1.5x of the true time left at a third, half and two thirds of
+    the run, except where one outlier row decides the end."""
+
+    def __init__(self, sequences: int, budget: int, clock=time.perf_counter):
+        self.sequences, self.budget, self.clock = sequences, budget, clock
+        self.live = {}       # seq -> [tokens so far, time of its first tokens]
+        self.done = []       # lengths of the finished rows
+        self.width = 1       # the most rows seen live at once
+
+    def __call__(self, seq: int, new: list, finish) -> None:
+        row = self.live.setdefault(seq, [0, self.clock()])
+        row[0] += len(new)
+        if finish is not None:
+            self.done.append(self.live.pop(seq)[0])
+        self.width = max(self.width, len(self.live))
+
+    def expected_length(self, c: int) -> float:
+        """Mean length of a row already c tokens long (the budget when nothing says otherwise)."""
+        longer = [n for n in self.done if n > c]
+        running = sum(1 for n, _ in self.live.values() if n >= c)
+        if not longer and not running:
+            return float(self.budget)
+        return (sum(longer) + self.budget * running) / (len(longer) + running)
+
+    def seconds_left(self) -> float | None:
+        """Estimated seconds until the call ends; None before any row has a token."""
+        if not self.live:
+            return 0.0 if self.done else None
+        n, since = max(self.live.values())
+        step_s = (self.clock() - since) / max(n, 1)
+        left = [max(self.expected_length(c) - c, 0.0) for c, _ in self.live.values()]
+        waiting = self.sequences - len(self.done) - len(self.live)
+        if waiting <= 0:
+            return max(left) * step_s
+        first = self.expected_length(0)
+        return ((sum(left) + waiting * first) / self.width + first / 2) * step_s
+
+
+def minutes(seconds: float | None) -> str:
+    """An ETA for a progress line: '12.3 min', or '?' when there is no estimate yet."""
+    return "?" if seconds is None else f"{seconds / 60:.1f} min"
 
 
 # ----------------------------------------------------------------------------- metrics over ranks

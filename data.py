@@ -35,7 +35,9 @@ import math
 import os
 import random
 import re
+import signal
 import sys
+import threading
 import unicodedata
 from dataclasses import dataclass
 
@@ -43,17 +45,93 @@ import tiktoken
 
 from model import ModelFileError, model_folder, one_line, read_json
 
-# ----------------------------------------------------------------------------- tokenizer
+# ----------------------------------------------------------------------------- chat templates and prompts
 
-# Pre-tokenizer regexes. GPT-2's is the one ByteLevel(use_regex=true) applies. The digits
-# variant is GPT-2's after Digits(individual_digits=true) has isolated every \p{N} character:
-# digits become single pieces, and the whitespace lookahead treats a digit as a boundary.
-GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-GPT2_DIGITS_PATTERN = r"""\p{N}|'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?[^\s\p{L}\p{N}]+|\s+(?![^\s\p{N}])|\s+"""
-
-R1_TEMPLATE = "<｜begin▁of▁sentence｜><｜User｜>{content}<｜Assistant｜><think>\n"
-CHATML_TEMPLATE = "<|im_start|>user\n{content}<|im_end|>\n<|im_start|>assistant\n"
+# One user turn and the assistant's generation prompt in the two template families the
+# supported checkpoints use, written out instead of run through jinja. {system} is the system
+# text: the R1 template writes it bare after the BOS, ChatML as a turn of its own
+# (CHATML_SYSTEM; nothing at all when there is no system text). The R1 prompt ends with
+# "<think>\n", as the template revised on 2025-02-09 renders it and as DeepSeek recommends for
+# every R1 model (a reply then never skips its reasoning).
+R1_TEMPLATE = "<｜begin▁of▁sentence｜>{system}<｜User｜>{content}<｜Assistant｜><think>\n"
+CHATML_TEMPLATE = "{system}<|im_start|>user\n{content}<|im_end|>\n<|im_start|>assistant\n"
+CHATML_SYSTEM = "<|im_start|>system\n{system}<|im_end|>\n"
 TEMPLATES = {"deepseek-r1": R1_TEMPLATE, "chatml": CHATML_TEMPLATE}
+# The token that ends an assistant turn in each template: a reply stops there (sample.stop_ids)
+# and a demonstration ends with it (train.py's warm-up).
+END_OF_TURN = {"deepseek-r1": "<｜end▁of▁sentence｜>", "chatml": "<|im_end|>"}
+# A ChatML template's default system turn: the literal it renders when the messages bring no
+# system message, e.g. Qwen2.5's '<|im_start|>system\nYou are Qwen, ...<|im_end|>\n'. The
+# newline is "\n" inside a jinja string literal or a real newline; no quote may occur in between,
+# which keeps out the branch that renders the caller's own system message.
+DEFAULT_SYSTEM = re.compile(r"""<\|im_start\|>system(?:\\n|\n)([^'"]*?)<\|im_end\|>""")
+
+
+@dataclass(frozen=True)
+class ChatTemplate:
+    """What the project renders for a checkpoint's chat template (see read_chat_template)."""
+    name: str | None           # "deepseek-r1", "chatml", or None: neither is known for this tokenizer
+    default_system: str = ""   # the system text the checkpoint's template adds when none is given
+    note: str = ""             # one line for the user when our rendering may differ from the checkpoint's
+
+
+def _jinja_unescape(literal: str) -> str:
+    """The text of a jinja string literal's body (\\n, \\t, \\', \\\\ as Python reads them)."""
+    return re.sub(r"\\(.)", lambda m: {"n": "\n", "t": "\t"}.get(m.group(1), m.group(1)), literal)
+
+
+def _template_text(path: str) -> str:
+    """The checkpoint's jinja chat template: chat_template.jinja (newer transformers write it
+    beside the tokenizer) or tokenizer_config.json's chat_template, a string or a list of named
+    templates (the one named "default"); "" when there is none."""
+    jinja = os.path.join(path, "chat_template.jinja")
+    if os.path.isfile(jinja):
+        with open(jinja, encoding="utf-8") as f:
+            return f.read()
+    where = os.path.join(path, "tokenizer_config.json")
+    text = read_json(where).get("chat_template") if os.path.isfile(where) else None
+    if isinstance(text, list):
+        text = next((t.get("template") for t in text if isinstance(t, dict) and t.get("name") == "default"), None)
+    if text is not None and not isinstance(text, str):
+        raise ModelFileError(f"{where}: chat_template must be a string or a list of {{name, template}}, "
+                             f"found {json.dumps(text)[:80]}")
+    return text or ""
+
+
+def template_by_tokens(specials: dict) -> str | None:
+    """The template family whose role tokens the tokenizer has: R1's, ChatML's, or None."""
+    if "<｜User｜>" in specials and "<｜Assistant｜>" in specials:
+        return "deepseek-r1"
+    if "<|im_start|>" in specials and "<|im_end|>" in specials:
+        return "chatml"
+    return None
+
+
+def read_chat_template(path: str, specials: dict) -> ChatTemplate:
+    """Which of TEMPLATES renders this checkpoint's prompts, and its default system text.
+
+    The checkpoint's own jinja template is recognised by its role tokens, not run: R1's
+    <｜User｜>/<｜Assistant｜>, or ChatML's <|im_start|>, whose default system turn (Qwen2.5,
+    Qwen2.5-Math, SmolLM2 carry one) is read from the literal that renders it. Without a
+    template the tokenizer's special tokens decide, as before templates were read. A template
+    of another family falls back to those tokens with a note; an R1 template whose generation
+    prompt lacks "<think>\n" (the first revision) gets a note saying that it is added."""
+    by_tokens = template_by_tokens(specials)
+    text = _template_text(path)
+    if not text:
+        return ChatTemplate(by_tokens)
+    if "<｜User｜>" in text and "<｜Assistant｜>" in text and by_tokens == "deepseek-r1":
+        note = "" if "<think>" in text else ("the checkpoint's chat template ends its generation prompt at "
+                                             "<｜Assistant｜>; prompts here end with <think>\\n, as DeepSeek "
+                                             "recommends for R1 models and the template revised on 2025-02-09 does")
+        return ChatTemplate("deepseek-r1", note=note)
+    if "<|im_start|>" in text and by_tokens == "chatml":
+        found = DEFAULT_SYSTEM.search(text)
+        return ChatTemplate("chatml", _jinja_unescape(found.group(1)) if found else "")
+    return ChatTemplate(by_tokens, note=f"the checkpoint's chat template is neither DeepSeek-R1's nor ChatML; "
+                                        f"prompts are rendered as {by_tokens or 'nothing known'} (its special "
+                                        f"tokens), which may differ from what it was tuned with: choose with "
+                                        f"--template and --system")
 
 
 # --think: must a reply close its reasoning with </think> to earn reward 1?
@@ -83,6 +161,15 @@ def reference_answers(rec: dict):
 def deepscaler_prompt(problem: str) -> str:
     """The user turn DeepScaleR trains and evaluates with."""
     return f"{problem} Let's think step by step and output the final answer within \\boxed{{}}."
+
+
+# ----------------------------------------------------------------------------- tokenizer
+
+# Pre-tokenizer regexes. GPT-2's is the one ByteLevel(use_regex=true) applies. The digits
+# variant is GPT-2's after Digits(individual_digits=true) has isolated every \p{N} character:
+# digits become single pieces, and the whitespace lookahead treats a digit as a boundary.
+GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+GPT2_DIGITS_PATTERN = r"""\p{N}|'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?[^\s\p{L}\p{N}]+|\s+(?![^\s\p{N}])|\s+"""
 
 
 def _byte_decoder() -> dict[str, int]:
@@ -219,7 +306,8 @@ def _bos_eos(path: str) -> tuple[str | None, str | None]:
 
 class Tokenizer:
     def __init__(self, enc: tiktoken.Encoding, specials: dict[str, int], nfc: bool,
-                 bos: str | None = None, eos: str | None = None, unk: tuple[int, int] | None = None):
+                 bos: str | None = None, eos: str | None = None, unk: tuple[int, int] | None = None,
+                 template: ChatTemplate | None = None):
         self.enc, self.specials, self.nfc = enc, specials, nfc
         self._unk = unk  # (first placeholder id, unk id) when some bytes have no token
         self.id_to_special = {i: s for s, i in specials.items()}
@@ -228,12 +316,9 @@ class Tokenizer:
         self._special_re = re.compile("(" + "|".join(map(re.escape, alts)) + ")") if alts else None
         self.bos_id = specials.get(bos) if bos else None
         self.eos_id = specials.get(eos) if eos else None
-        if "<｜User｜>" in specials and "<｜Assistant｜>" in specials:
-            self.chat_template = "deepseek-r1"
-        elif "<|im_start|>" in specials and "<|im_end|>" in specials:
-            self.chat_template = "chatml"
-        else:
-            self.chat_template = None
+        # the checkpoint's chat template as read from its folder; without one, its special tokens decide
+        self.template = template or ChatTemplate(template_by_tokens(specials))
+        self.chat_template = self.template.name          # "deepseek-r1", "chatml" or None
 
     @property
     def vocab_size(self) -> int:
@@ -278,7 +363,8 @@ class Tokenizer:
             raise ModelFileError(f"{where}: pre_tokenizer regex {pattern!r} is not usable ({e})") from None
         bos, eos = _bos_eos(path)
         return cls(enc, specials, nfc=norm is not None, bos=bos, eos=eos,
-                   unk=(first_placeholder, model["vocab"][unk]) if missing else None)
+                   unk=(first_placeholder, model["vocab"][unk]) if missing else None,
+                   template=read_chat_template(path, specials))
 
     def encode(self, text: str) -> list[int]:
         """Token ids of text; added tokens written in the text become their ids, as in HF."""
@@ -309,17 +395,28 @@ class Tokenizer:
         except KeyError:
             return False
 
-    def render_chat(self, content: str, template: str | None = None) -> str:
-        """One user turn plus the assistant's generation prompt, in the named or detected template."""
+    def render_chat(self, content: str, template: str | None = None, system: str | None = None) -> str:
+        """One user turn plus the assistant's generation prompt, in the named or the checkpoint's
+        template. system: the system text; None: the checkpoint's default (when the template is
+        the checkpoint's own; Qwen2.5's "You are Qwen, ..."), "": no system text at all."""
         name = template or self.chat_template
         if name not in TEMPLATES:
             raise ValueError(f"chat template {name!r} is not known; choose one of {sorted(TEMPLATES)}"
                              if name else "this tokenizer has neither the DeepSeek-R1 nor the ChatML "
                              f"special tokens; pass template= one of {sorted(TEMPLATES)}")
-        return TEMPLATES[name].format(content=content)
+        if system is None:
+            system = self.template.default_system if name == self.chat_template else ""
+        if name == "chatml" and system:
+            system = CHATML_SYSTEM.format(system=system)
+        return TEMPLATES[name].format(system=system, content=content)
 
-    def encode_chat(self, content: str, template: str | None = None) -> list[int]:
-        return self.encode(self.render_chat(content, template))
+    def encode_chat(self, content: str, template: str | None = None, system: str | None = None) -> list[int]:
+        return self.encode(self.render_chat(content, template, system))
+
+    def end_of_turn(self, template: str | None = None) -> int | None:
+        """The id of the token that ends an assistant turn in the named or the checkpoint's
+        template (END_OF_TURN), when this tokenizer has it."""
+        return self.specials.get(END_OF_TURN.get(template or self.chat_template, ""))
 
 
 # ----------------------------------------------------------------------------- datasets
@@ -329,14 +426,27 @@ class DataError(ValueError):
     in a one-line message."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a job scheduler's stop, `timeout`, `kill`), raised where the program is, so that
+    it unwinds as Ctrl-C does: files closed, parts synced, clean_exit's line."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
 @contextlib.contextmanager
 def clean_exit(program: str, on_interrupt: str = ""):
     """Around an entry point's work: a bad input file or model folder (DataError,
-    ModelFileError) ends the program with one line naming the file, Ctrl-C with one line
-    saying what was kept (`on_interrupt`) and exit status 130, and a full disk with one line
-    naming the file being written and, again, what was kept. DEBUG=1 in the environment shows
-    the full traceback instead."""
+    ModelFileError) ends the program with one line naming the file; Ctrl-C and SIGTERM with one
+    line saying what was kept (`on_interrupt`: what survives and the command that continues)
+    and exit status 130 or 143 (128 + the signal, as a shell reports it); a full disk with one
+    line naming the file being written and, again, what was kept. DEBUG=1 in the environment
+    shows the full traceback instead. A SIGTERM handler set inside (train.py's fail_fast, which
+    must not wait on a lost rank) takes precedence while it is set."""
     debug = bool(os.environ.get("DEBUG"))
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
     try:
         yield
     except (DataError, ModelFileError) as e:
@@ -344,17 +454,21 @@ def clean_exit(program: str, on_interrupt: str = ""):
             raise
         print(f"{program}: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         if debug:
             raise
-        print(f"{program}: interrupted{': ' + on_interrupt if on_interrupt else ''}", file=sys.stderr)
-        raise SystemExit(130) from None
+        how = "stopped by SIGTERM" if isinstance(e, Terminated) else "interrupted"
+        print(f"{program}: {how}{': ' + on_interrupt if on_interrupt else ''}", file=sys.stderr)
+        raise SystemExit(143 if isinstance(e, Terminated) else 130) from None
     except OSError as e:
         if debug or e.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
         print(f"{program}: error: no space left on the device writing {e.filename or 'an output'}"
               f"{'; ' + on_interrupt if on_interrupt else ''}", file=sys.stderr)
         raise SystemExit(2) from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 # What load_records reads, said whenever a file has some other shape.
@@ -647,9 +761,10 @@ def take(recs: list, seed: int, pos: int, count: int) -> list:
     return picked
 
 
-def prompt_ids(tok: "Tokenizer", problem: str, template: str | None = None) -> list[int]:
-    """Token ids of the DeepScaleR user turn in the chat template, ready for generation."""
-    return tok.encode_chat(deepscaler_prompt(problem), template)
+def prompt_ids(tok: "Tokenizer", problem: str, template: str | None = None, system: str | None = None) -> list[int]:
+    """Token ids of the DeepScaleR user turn in the chat template, ready for generation
+    (system: Tokenizer.render_chat's; None is the checkpoint's default system text)."""
+    return tok.encode_chat(deepscaler_prompt(problem), template, system)
 
 
 @dataclass
@@ -662,7 +777,7 @@ class Problems:
 
 
 def load_problems(path: str, tok: "Tokenizer", prompt_budget: int, template: str | None = None,
-                  dedup: bool = True, skip_bad: bool = False) -> Problems:
+                  dedup: bool = True, skip_bad: bool = False, system: str | None = None) -> Problems:
     """The one loader of problem files for train.py, polish.py and evaluation: read the records
     (load_records), drop repeated problems when dedup, render each problem's DeepScaleR prompt
     in the chat template and keep those of at most prompt_budget tokens. Dropping happens before
@@ -674,7 +789,7 @@ def load_problems(path: str, tok: "Tokenizer", prompt_budget: int, template: str
         recs = dedupe(recs)
     if not recs:
         raise DataError(f"{path}: no problems")
-    prompts = [prompt_ids(tok, r["problem"], template) for r in recs]
+    prompts = [prompt_ids(tok, r["problem"], template, system) for r in recs]
     where = [i for i, ids in enumerate(prompts) if len(ids) <= prompt_budget]
     if not where:
         raise DataError(f"{path}: no problem fits the {prompt_budget}-token prompt budget (--prompt-budget); "
@@ -700,7 +815,8 @@ def polish_method(meta: dict) -> str:
 
 def polish_report(metas: list[dict]) -> list[str]:
     """polish.py's coverage by method, chain lengths by method against the length floor, and the
-    guided pass's leak-check rejections: lines for polish.py's summary and `data.py stats`."""
+    guided pass's leak-check and copy-check rejections: lines for polish.py's summary and
+    `data.py stats`. Rows of versions before the copy check have no `copied`: counted as 0, and said."""
     by = {m: [x for x in metas if polish_method(x) == m] for m in POLISH_METHODS}
     n = max(len(metas), 1)
     out = ["by method: " + ", ".join(f"{m} {len(by[m]):,} ({100 * len(by[m]) / n:.1f}%)" for m in POLISH_METHODS)]
@@ -710,10 +826,12 @@ def polish_report(metas: list[dict]) -> list[str]:
     tried = [x for x in metas if x.get("guided_rounds")]
     if tried:
         samples, leaked = sum(x["guided_samples"] for x in tried), sum(x.get("leaked", 0) for x in tried)
+        copied, unchecked = sum(x.get("copied", 0) for x in tried), sum("copied" not in x for x in tried)
         out.append(f"guided pass: {len(tried):,} problems, {samples:,} chains, "
                    f"{sum(x['guided_correct'] for x in tried):,} correct, {len(by['guided']):,} problems "
-                   f"covered; leak check rejected {leaked:,} chains ({100 * leaked / max(samples, 1):.1f}%) "
-                   "that were otherwise acceptable")
+                   f"covered; leak check rejected {leaked:,} chains ({100 * leaked / max(samples, 1):.1f}%), "
+                   f"copy check {copied:,} ({100 * copied / max(samples, 1):.1f}%), that were otherwise acceptable"
+                   + (f"; {unchecked:,} problems predate the copy check" if unchecked else ""))
     return out
 
 

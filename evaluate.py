@@ -37,33 +37,37 @@ import time
 
 import torch.distributed as dist
 
-from common import bound_problem, lock_output, print0, start_distributed, stop_distributed
-from data import (THINK_CHOICES, Problems, Tokenizer, clean_exit, load_problems, prompt_ids, reference_answers,
+from common import SamplingEta, bound_problem, lock_output, minutes, print0, start_distributed, stop_distributed
+from data import (THINK_CHOICES, Problems, clean_exit, load_problems, prompt_ids, reference_answers,
                   requires_think)
 from model import ModelFileError
-from sample import add_generation_flags, generate, generation_flag_problem, generation_kwargs, load_sampler
+from sample import (add_generation_flags, generate, generation_flag_problem, generation_kwargs, load_sampler,
+                    read_tokenizer, stop_ids)
 from verify import grade_batch, reward_of, workers_problem
 
 
 class _Progress:
-    """generate()'s callback for evaluate(): a line with tokens/s and ETA to stderr every 10 s."""
+    """generate()'s callback for evaluate(): a line with tokens/s and the time left
+    (common.SamplingEta) to stderr every 10 s."""
 
-    def __init__(self, total: int, active: bool):
+    def __init__(self, total: int, budget: int, active: bool):
         self.total, self.active, self.done, self.ntok = total, active, 0, 0
+        self.eta = SamplingEta(total, budget)
         self.t0 = self.last = time.time()
 
     def __call__(self, s: int, new: list, finish):
         self.ntok += len(new)
         self.done += finish is not None
+        self.eta(s, new, finish)
         now = time.time()
         if self.active and now - self.last > 10:
-            rate, eta = self.ntok / (now - self.t0), (now - self.t0) * (self.total - self.done) / max(self.done, 1)
-            print(f"[rank 0] {self.done}/{self.total} samples, {self.ntok:,} tokens, {rate:,.0f} tok/s, "
-                  f"ETA {eta / 60:.1f} min", file=sys.stderr, flush=True)
+            print(f"[rank 0] {self.done}/{self.total} samples, {self.ntok:,} tokens, "
+                  f"{self.ntok / (now - self.t0):,.0f} tok/s, ETA {minutes(self.eta.seconds_left())}",
+                  file=sys.stderr, flush=True)
             self.last = now
 
 
-def evaluate(model, tok, recs: list, n: int = 1, require_think: bool = False, template=None,
+def evaluate(model, tok, recs: list, n: int = 1, require_think: bool = False, template=None, system=None,
              workers: int = 4, rank: int = 0, world: int = 1, progress: bool = False,
              **gen_kw) -> tuple[list, dict]:
     """DeepScaleR's evaluation protocol on records {problem, answer[, answers][, prompt_ids]}:
@@ -77,8 +81,8 @@ def evaluate(model, tok, recs: list, n: int = 1, require_think: bool = False, te
         raise ValueError("evaluate: no records")
     # 1) this rank's problems (data.shard's split), n completions each, prompt-major
     mine = list(range(rank, len(recs), world))
-    prompts = [recs[i].get("prompt_ids") or prompt_ids(tok, recs[i]["problem"], template) for i in mine]
-    progress_line = _Progress(len(prompts) * n, active=progress and rank == 0)
+    prompts = [recs[i].get("prompt_ids") or prompt_ids(tok, recs[i]["problem"], template, system) for i in mine]
+    progress_line = _Progress(len(prompts) * n, gen_kw.get("max_new_tokens", 256), active=progress and rank == 0)
     outs = generate(model, prompts, n=n, callback=progress_line, **gen_kw) if prompts else []
     # 2) DeepScaleR's reward: the reply without its stop token, graded against the record's
     #    answers (its problem reads a bare choice letter), then </think> when required
@@ -178,7 +182,7 @@ def read_problems(a: argparse.Namespace, tok) -> Problems:
     """--data's problems with their prompts (data.load_problems), before the model loads. None
     is deduplicated, so that rows keep their index in the file; those over --prompt-budget
     are dropped and counted on stderr."""
-    problems = load_problems(a.data, tok, a.prompt_budget, a.template, dedup=False)
+    problems = load_problems(a.data, tok, a.prompt_budget, a.template, dedup=False, system=a.system)
     dropped = len(problems.records) - len(problems.kept)
     if dropped:
         print0(f"evaluate.py: {a.data}: dropped {dropped} of {len(problems.records)} problems, over the "
@@ -191,7 +195,7 @@ def evaluate_to_files(model, tok, a: argparse.Namespace, problems: Problems, ran
     keep their index in the --data file, not in the kept list."""
     think = requires_think(a.think, a.template or tok.chat_template)
     rows, summ = evaluate(model, tok, problems.kept, n=a.samples, require_think=think, template=a.template,
-                          workers=a.workers, rank=rank, world=world, progress=True, **kw)
+                          system=a.system, workers=a.workers, rank=rank, world=world, progress=True, **kw)
     for r in rows:
         r["index"] = problems.where[r["index"]]
     if rank != 0:
@@ -214,12 +218,14 @@ def run(a: argparse.Namespace):
         # found now, not after hours of sampling (the lock is held until the evaluation ends)
         lock = lock_output(a.out + ".lock", "evaluate.py") if a.out and rank == 0 else contextlib.nullcontext()
         with lock:
-            tok = Tokenizer.from_pretrained(a.model)
+            tok = read_tokenizer(a.model, "evaluate.py")
             problems = read_problems(a, tok)
             longest = max(len(r["prompt_ids"]) for r in problems.kept)
             model = load_sampler(a, device, longest, "evaluate.py")
+            stops = stop_ids(tok, model.config.eos_token_id, a.model, a.template)
+            kw = dict(generation_kwargs(a, rank), stop_ids=stops)
             try:
-                evaluate_to_files(model, tok, a, problems, rank, world, generation_kwargs(a, rank))
+                evaluate_to_files(model, tok, a, problems, rank, world, kw)
             except FloatingPointError as e:      # NaN/inf logits: the weights in --model, not the data
                 raise ModelFileError(f"--model {a.model}: {e}") from None
     finally:
@@ -229,7 +235,8 @@ def run(a: argparse.Namespace):
 def main(argv=None):
     """The command line: flags checked, then run() with one-line errors (data.clean_exit)."""
     a = parse_flags(argv)
-    with clean_exit("evaluate.py", on_interrupt="no results were written"):
+    interrupted = "no results were written (an evaluation does not resume: run the same command again)"
+    with clean_exit("evaluate.py", on_interrupt=interrupted):
         run(a)
 
 

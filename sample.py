@@ -57,7 +57,7 @@ import torch
 
 from common import bound_problem, print0, start_distributed, stop_distributed
 from data import TEMPLATES, DataError, Tokenizer, clean_exit
-from model import ModelFileError, Transformer, read_config
+from model import ModelFileError, Transformer, read_config, read_json
 
 WINDOW_ROUND = 64   # attention windows are rounded up to this many slots (fewer distinct shapes)
 
@@ -682,12 +682,16 @@ def add_generation_flags(ap: argparse.ArgumentParser):
                         "sample.py refuses a longer --prompt)")
     g.add_argument("--seed", type=int, default=0, help="sampling seed (each rank adds its rank)")
     g.add_argument("--template", default=None, choices=sorted(TEMPLATES),
-                   help="chat template (default: the checkpoint's)")
+                   help="chat template (default: the one the checkpoint's tokenizer_config.json names)")
+    g.add_argument("--system", default=None, metavar="TEXT",
+                   help="system text of the chat template (default: the checkpoint's own, e.g. Qwen2.5's "
+                        "'You are Qwen, ...'; --system '' for none)")
     g.add_argument("--max-rows", type=int, default=None, help="cap on rows decoded together (default: none)")
     g.add_argument("--kv-gib", type=float, default=0.0,
                    help="KV cache budget in GiB; 0 (the default): 60%% of unused GPU memory, 4 on CPU")
-    g.add_argument("--dtype", choices=["bfloat16", "float32"], default=None,
-                   help="default bfloat16 on GPU, float32 on CPU")
+    g.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default=None,
+                   help="the weights' dtype while sampling (default bfloat16 on GPU, float32 on CPU); float16 "
+                        "matches train.py --precision fp16")
     g.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=True,
                    help="replay decode steps as CUDA graphs (GPU only; 2.8x eager at batch 256 on an H200)")
 
@@ -719,6 +723,38 @@ def generation_kwargs(a: argparse.Namespace, rank: int) -> dict:
     return dict(temperature=a.temperature, top_p=a.top_p, top_k=a.top_k, max_rows=a.max_rows,
                 cuda_graphs=a.cuda_graphs, max_new_tokens=a.max_new_tokens, seed=a.seed + rank,
                 kv_budget=kv_budget_of(a.kv_gib))
+
+
+def stop_ids(tok, eos: list, folder: str = "", template: str | None = None) -> list[int]:
+    """The ids that end a reply, one rule for train.py, polish.py, evaluate.py and --prompt:
+    config.json's eos_token_id (`eos`, ModelConfig.eos_token_id), generation_config.json's in
+    `folder` (an int or a list; Qwen2.5's instruct checkpoints list <|im_end|> and
+    <|endoftext|>), and the end-of-turn token of the chat template the prompts are rendered
+    with. transformers stops at generation_config.json's ids; a ChatML checkpoint whose
+    config.json names only <|endoftext|> would otherwise never stop at the end of its turn, and
+    every reply would run to the budget, be cut off and earn nothing."""
+    ids = list(eos)
+    where = os.path.join(folder, "generation_config.json") if folder else ""
+    if where and os.path.isfile(where):
+        given = read_json(where).get("eos_token_id")
+        given = [] if given is None else [given] if isinstance(given, int) else given
+        if not isinstance(given, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in given):
+            raise ModelFileError(f"{where}: eos_token_id must be an integer or a list of integers, "
+                                 f"found {str(given)[:80]}")
+        ids += given
+    turn_end = tok.end_of_turn(template)
+    if turn_end is not None:
+        ids.append(turn_end)
+    return sorted(set(ids))
+
+
+def read_tokenizer(folder: str, program: str) -> Tokenizer:
+    """The checkpoint's tokenizer; where our rendering of its chat template may differ from the
+    checkpoint's own (data.read_chat_template), one line on stderr says how (rank 0)."""
+    tok = Tokenizer.from_pretrained(folder)
+    if tok.template.note:
+        print0(f"{program}: note: {tok.template.note}", file=sys.stderr)
+    return tok
 
 
 def load_sampler(a: argparse.Namespace, device, longest: int, program: str) -> Transformer:
@@ -774,13 +810,14 @@ def run(a: argparse.Namespace):
     """Inputs first (tokenizer, prompt, budget), then the model, then the streamed reply."""
     rank, world, device = start_distributed()
     try:
-        tok = Tokenizer.from_pretrained(a.model)
-        ids = tok.encode_chat(a.prompt, a.template)
+        tok = read_tokenizer(a.model, "sample.py")
+        ids = tok.encode_chat(a.prompt, a.template, a.system)
         if len(ids) > a.prompt_budget:
             raise DataError(f"--prompt is {len(ids)} tokens, over --prompt-budget {a.prompt_budget}")
         model = load_sampler(a, device, len(ids), "sample.py")
+        kw = dict(generation_kwargs(a, rank), stop_ids=stop_ids(tok, model.config.eos_token_id, a.model, a.template))
         try:
-            chat(model, tok, ids, generation_kwargs(a, rank))
+            chat(model, tok, ids, kw)
         except FloatingPointError as e:      # NaN/inf logits: the weights in --model, not the prompt
             raise ModelFileError(f"--model {a.model}: {e}") from None
     finally:

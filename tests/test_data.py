@@ -1,6 +1,9 @@
 """Dataset loading: formats, field mapping, validation errors, dedup, shuffling, sharding."""
 import json
+import os
 import re
+import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -120,6 +123,13 @@ def test_clean_exit_turns_input_errors_and_ctrl_c_into_one_line(capsys, monkeypa
     with pytest.raises(SystemExit) as e, clean_exit("prog", "rows so far are kept"):
         raise KeyboardInterrupt
     assert e.value.code == 130 and capsys.readouterr().err == "prog: interrupted: rows so far are kept\n"
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as e, clean_exit("prog", "rows so far are kept; run the same command"):
+        os.kill(os.getpid(), signal.SIGTERM)      # a scheduler's stop: as Ctrl-C, with 128 + 15
+        time.sleep(5)
+    assert e.value.code == 143
+    assert capsys.readouterr().err == "prog: stopped by SIGTERM: rows so far are kept; run the same command\n"
+    assert signal.getsignal(signal.SIGTERM) == before
     with pytest.raises(ZeroDivisionError), clean_exit("prog"):   # a bug is not an input error
         1 / 0
     monkeypatch.setenv("DEBUG", "1")

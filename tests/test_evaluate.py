@@ -101,7 +101,7 @@ BAD_FLAGS = [
 @pytest.mark.parametrize("flags,message", BAD_FLAGS, ids=[" ".join(f) for f, _ in BAD_FLAGS])
 def test_cli_checks_flags_before_loading_anything(flags, message, model_dir, monkeypatch, capsys):  # noqa: F811
     monkeypatch.chdir(model_dir)
-    monkeypatch.setattr(evaluate.Tokenizer, "from_pretrained", pytest.fail)
+    monkeypatch.setattr(Tokenizer, "from_pretrained", pytest.fail)
     monkeypatch.setattr(Transformer, "from_pretrained", pytest.fail)
     with pytest.raises(SystemExit) as e:
         evaluate.main(["--model", "m", "--data", "d.jsonl", *flags])
@@ -165,7 +165,8 @@ def test_cli_interrupt_and_bad_rows_are_one_line(model_dir, monkeypatch, capsys)
     with pytest.raises(SystemExit) as e:
         evaluate.main(["--model", "m", "--data", "d.jsonl"])
     assert e.value.code == 130
-    assert capsys.readouterr().err.splitlines()[-1] == "evaluate.py: interrupted: no results were written"
+    assert capsys.readouterr().err.splitlines()[-1] == ("evaluate.py: interrupted: no results were written (an "
+                                                        "evaluation does not resume: run the same command again)")
     (model_dir / "bad.jsonl").write_text('{"problem": "1 + 1?", "answer": "2"}\n{"answer": "3"}\n')
     with pytest.raises(SystemExit) as e:
         evaluate.main(["--model", "m", "--data", "bad.jsonl"])

@@ -1,6 +1,5 @@
 """model.py against transformers (an independent implementation) on tiny random configs."""
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -233,36 +232,8 @@ def test_missing_files_are_named(tmp_path):
         Transformer.from_pretrained(tmp_path)
 
 
-# ----------------------------------------------------------------------------- a real model
-
-SMOL = os.environ.get("SMOLLM2_DIR")
-
-
-@pytest.mark.skipif(not SMOL, reason="set SMOLLM2_DIR to an HF folder of SmolLM2-135M-Instruct")
-def test_smollm2_matches_transformers():
-    transformers = pytest.importorskip("transformers")
-    from data import Tokenizer
-    hf = transformers.AutoModelForCausalLM.from_pretrained(SMOL, dtype=torch.float32).eval()
-    m = Transformer.from_pretrained(SMOL, dtype=torch.float32).eval()
-    tok = Tokenizer.from_pretrained(SMOL)
-    text = " ".join(["Reinforcement learning on reasoning models samples many answers to each problem,",
-                     "grades them against a reference, and moves probability towards the ones that",
-                     "were right. The reward is sparse: one bit per response, 1 if the final boxed",
-                     "answer matches. Group-relative advantages compare each sample with its siblings."] * 3)
-    ids = torch.tensor([tok.encode(text)[:300]])
-    assert ids.shape[1] > 150
-    with torch.no_grad():
-        diff = (hf(ids).logits - m(ids)).abs().max().item()
-    assert diff <= 1e-4, diff
-    prompt = torch.tensor([tok.encode("The capital of France is")])
-    with torch.no_grad():
-        ref = hf.generate(prompt, max_new_tokens=12, do_sample=False)[0, prompt.shape[1]:].tolist()
-        seq = prompt
-        for _ in range(12):
-            seq = torch.cat([seq, m(seq)[:, -1].argmax(-1, keepdim=True)], dim=1)
-    assert seq[0, prompt.shape[1]:].tolist() == ref
-    assert "Paris" in tok.decode(ref)
-
+# ----------------------------------------------------------------------------- a checkpoint of the real size
+# (real pretrained checkpoints against transformers: tests/test_real_models.py)
 
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])

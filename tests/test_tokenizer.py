@@ -1,7 +1,6 @@
 """data.Tokenizer against HF `tokenizers` (an independent implementation): ids must be identical."""
 import glob
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -11,7 +10,6 @@ from model import ModelFileError
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 R1_DIR = SHARED / "tokenizers" / "deepseek-r1-distill-qwen"
-SMOL = os.environ.get("SMOLLM2_DIR")
 needs_shared = pytest.mark.skipif(not R1_DIR.is_dir(), reason="../shared is not present")
 
 AWKWARD = [
@@ -78,8 +76,8 @@ def test_r1_special_tokens_templates_and_round_trip(r1):
     assert r1.encode("<think>\n") == [151648, 198]
     ids = r1.encode_chat(deepscaler_prompt("What is $1+1$?"))
     assert ids[:2] == [151646, 151644] and ids[-2:] == [151648, 198] and 151645 in ids
-    assert r1.decode(ids) == R1_TEMPLATE.format(content=deepscaler_prompt("What is $1+1$?"))
-    assert r1.render_chat("hi", template="chatml") == CHATML_TEMPLATE.format(content="hi")
+    assert r1.decode(ids) == R1_TEMPLATE.format(system="", content=deepscaler_prompt("What is $1+1$?"))
+    assert r1.render_chat("hi", template="chatml") == CHATML_TEMPLATE.format(system="", content="hi")
     for t in AWKWARD:
         import unicodedata
         assert r1.decode(r1.encode(t)) == unicodedata.normalize("NFC", t)
@@ -121,14 +119,6 @@ def test_gpt2_style_tokenizers_match_hf(tmp_path, digits):
     texts = AWKWARD + TRAIN_TEXT[:3] + ["a  5", "x 12  34\n 5", "  ²x", "9 9  9   9", "abc123def 4 5"]
     assert_same_ids(tok, hf, texts)
     assert tok.chat_template == "chatml" and tok.eos_ids == [2] and tok.bos_id == 1
-
-
-@pytest.mark.skipif(not SMOL, reason="set SMOLLM2_DIR to an HF folder of SmolLM2-135M-Instruct")
-def test_smollm2_tokenizer_matches_hf():
-    tk = pytest.importorskip("tokenizers")
-    tok = Tokenizer.from_pretrained(SMOL)
-    texts = AWKWARD + (data_texts() if SHARED.is_dir() else [])
-    assert_same_ids(tok, tk.Tokenizer.from_file(os.path.join(SMOL, "tokenizer.json")), texts)
 
 
 # ----------------------------------------------------------------------------- refusals
