@@ -37,21 +37,23 @@ def token_means(sums: dict, world: int, device) -> dict:
                 loss=tot["loss"])
 
 
-def gap_sums(rollouts: list) -> dict:
+def gap_sums(rollouts: list, clip_low: float = 0.2, clip_high: float = 0.2) -> dict:
     """Not part of the objective: the sampler-trainer gap of this rank's response tokens as sums
-    (and a max) that reduce over ranks: |log p_trainer - log p_sampler|, its k3 KL, and the tokens
-    whose ratio is outside [0.5, 2]."""
+    (and a max) that reduce over ranks: |log p_trainer - log p_sampler|, its k3 KL, the tokens
+    whose ratio is outside [0.5, 2], and those outside the clip range [1 - clip_low, 1 + clip_high]."""
     trainer = torch.tensor([x for r in rollouts for x in r.old_logp], dtype=torch.float64)
     sampler = torch.tensor([x for r in rollouts for x in r.logprobs], dtype=torch.float64)
-    g = grpo.logp_gap(trainer, sampler)
+    g = grpo.logp_gap(trainer, sampler, clip_low, clip_high)
     return dict(gap_abs=float(g["abs"].sum()), gap_k3=float(g["k3"].sum()), gap_outside=float(g["outside"].sum()),
-                gap_tokens=float(trainer.numel()), gap_max=float(g["abs"].max()) if trainer.numel() else 0.0)
+                gap_clip=float(g["clip"].sum()), gap_tokens=float(trainer.numel()),
+                gap_max=float(g["abs"].max()) if trainer.numel() else 0.0)
 
 
 def gap_columns(gap: dict | None, world: int, device) -> dict:
     """The gap's metrics columns over every rank's response tokens: gap_mean and gap_max of
     |log p_trainer - log p_sampler| (nats), gap_kl (k3 KL(sampler || trainer) per token) and
-    gap_outside (the fraction of tokens whose ratio is outside [0.5, 2]); none without a gap."""
+    gap_outside (the fraction of tokens whose ratio is outside [0.5, 2]) and gap_clip (outside
+    PPO's clip range: clipped before any update); none without a gap."""
     if gap is None:
         return {}
     tot = all_sum_named({k: v for k, v in gap.items() if k != "gap_max"}, world, device)
@@ -60,7 +62,7 @@ def gap_columns(gap: dict | None, world: int, device) -> dict:
         dist.all_reduce(most, op=dist.ReduceOp.MAX)
     n = max(1.0, tot["gap_tokens"])
     return dict(gap_mean=tot["gap_abs"] / n, gap_max=float(most), gap_kl=tot["gap_k3"] / n,
-                gap_outside=tot["gap_outside"] / n)
+                gap_outside=tot["gap_outside"] / n, gap_clip=tot.get("gap_clip", 0.0) / n)
 
 
 def refuse_gap(row: dict, limit: float):
@@ -84,4 +86,5 @@ def log_line(row: dict) -> str:
             f"{100 * row['zero_var']:.0f}% | ent {row['entropy']:.3f} kl {row['kl']:.4f} clip "
             f"{row['clip_frac']:.3f} gnorm {row['grad_norm']:.3f} | {row['tok_per_s']:.0f} tok/s | "
             f"sample {row['sample_s']:.1f}s grade {row['grade_s']:.1f}s train {row['train_s']:.1f}s"
-            + (f" | gap {row['gap_mean']:.2e}/{row['gap_max']:.2e}" if "gap_mean" in row else ""))
+            + (f" | gap {row['gap_mean']:.2e}/{row['gap_max']:.2e}" if "gap_mean" in row else "")
+            + (f" | fp16 scale {row['loss_scale']:g} overflow {row['overflow']}" if "loss_scale" in row else ""))

@@ -135,6 +135,7 @@ class TrainerState:
     stage: int = 0             # the index of the stage that ran the last step (older checkpoints: 0)
     ref_step: int = 0          # the KL reference is the policy after this many steps; 0: --model
     kv_budget: int = 0         # the sampler's KV bytes, fixed at the run's first step; 0: not yet fixed
+    loss_scaler: dict | None = None   # fp16's GradScaler state_dict (scale, steps since the last overflow); None otherwise
 
 
 MANIFEST = "manifest.json"   # in a checkpoint: {path relative to it: SHA-256 hex} of every other file
@@ -302,7 +303,8 @@ def write_checkpoint(tmp: str, model, state: TrainerState, tok_dir: str, ref, re
     model.save_pretrained(tmp)
     if ref is not None:
         save_reference(ref, ref_dir, os.path.join(tmp, "reference"))
-    for name in ("tokenizer.json", "tokenizer_config.json"):
+    # the tokenizer, and what a sampler reads beside it: the chat template and the stop ids
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json"):
         if os.path.isfile(os.path.join(tok_dir, name)):
             shutil.copy(os.path.join(tok_dir, name), tmp)
     torch.save(asdict(state), os.path.join(tmp, "trainer_state.pt"))
@@ -325,16 +327,16 @@ def save_reference(ref, have: str, dest: str):
     ref.save_pretrained(dest)
 
 
-def save_step(run, models, opt, step: int, data_pos: int):
+def save_step(run, models, opt, step: int, data_pos: int, scaler=None):
     """Rank 0 writes checkpoints/step_N; the others wait for it (collective). Beside the policy: the
-    stage and where its reference came from, and a switch's reference weights (--model's are not
-    copied), so that a resume rebuilds the stage exactly."""
+    stage and where its reference came from, a switch's reference weights (--model's are not
+    copied), and fp16's loss scale, so that a resume rebuilds the stage exactly."""
     enter("checkpoint")
     if run.rank == 0:
         holds_ref = models.ref is not None and models.ref_step > 0
         state = TrainerState(step=step, data_pos=data_pos, optimizer=opt.state_dict(), config=asdict(run.cfg),
                              rng=torch.get_rng_state(), stage=run.stage, ref_step=models.ref_step,
-                             kv_budget=run.kv_budget)
+                             kv_budget=run.kv_budget, loss_scaler=scaler.state_dict() if scaler is not None else None)
         path = save_checkpoint(models.policy, state, run.cfg.out, run.cfg.keep, run.cfg.model,
                                ref=models.ref if holds_ref else None, ref_dir=models.ref_dir)
         if holds_ref:

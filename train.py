@@ -14,7 +14,9 @@ completions per prompt from the live weights (sample.generate), decodes and grad
 advantages (grpo.py). The batch is then split into `--updates-per-step` mini-batches, each one
 optimizer step: micro-batches packed by token budget (padding-free: sequences side by side in
 one row, each attending only to itself), log-probs through model.token_logprobs, the loss of
-grpo.py, backward under DDP with no_sync until the last micro-batch.
+grpo.py, backward under DDP with no_sync until the last micro-batch. That machinery, and the
+records a sample travels in (Sequence, Rollout), is update.py's; train.py imports it back and
+keeps what decides which sequences an update sees (update_policy, warm_up).
 
 Stages: --schedule FIRST_STEP:CTX:SAMPLES,... changes the response budget and the group size
 after FIRST_STEP steps. At each switch the policy so far becomes the KL reference and AdamW
@@ -30,6 +32,11 @@ line naming the phase it was in (torchrun then stops the others, which name thei
 is tested on gloo; on NCCL torch's watchdog may abort the waiting rank first, with its own
 message, still within the timeout); a non-finite first step or non-finite logits name the
 checkpoint; Ctrl-C ends with one line, and `--resume auto` continues from the last checkpoint.
+
+Precision (precision.py): --precision bf16 (the GPU default, DeepScaleR's) samples from a bf16 copy
+of the fp32 policy and trains under bf16 autocast; fp16 does both in fp16, with dynamic loss
+scaling (an overflowing step is skipped, counted in the `overflow` column, and the scale halved);
+fp32 (the CPU default) samples from the policy itself. AdamW always updates fp32 weights.
 
 Without --model, `python train.py` builds the toy of toy.py (a 1M-parameter Qwen2, an R1-style
 tokenizer, two-digit addition), warms it up with a few supervised steps and runs GRPO, printing
@@ -51,17 +58,19 @@ import torch
 import torch.distributed as dist
 
 import grpo
+import precision
 import runfolder
 import toy
 from common import (PROGRESS, add_config_flags, all_sum_named, bound_problem, enter, fail_fast, print0,
                     refuse_diverged_ranks, start_distributed, stop_distributed)
-from data import (THINK_CHOICES, Tokenizer, clean_exit, load_problems, polish_method,
+from data import (TEMPLATES, THINK_CHOICES, Tokenizer, clean_exit, load_problems, polish_method,
                   reference_answers, requires_think, shard, take)
 from evaluate import evaluate
-from metrics import METRIC_SUMS, add_sums, gap_columns, gap_sums, log_line, refuse_gap, token_means
-from model import Transformer
+from metrics import add_sums, gap_columns, gap_sums, log_line, refuse_gap, token_means
+from model import Transformer, read_config
 from runfolder import enter_stage, save_step
-from sample import generate
+from sample import generate, read_tokenizer, stop_ids
+from update import Rollout, Sequence, forward_logprobs, grpo_loss, optimizer_step, pack, sft_loss, train_minibatch
 from verify import STATS as GRADER_STATS
 from verify import grade_batch, reward_of
 
@@ -83,6 +92,8 @@ class Config:
     temperature: float = 0.6
     top_p: float = 1.0
     think: str = "auto"              # require </think> for reward 1: yes | no | auto (R1 template)
+    template: str = ""               # chat template, deepseek-r1 or chatml; empty: the one the checkpoint's tokenizer_config.json names
+    system: str | None = None        # system text of the chat template; default: the checkpoint's own (Qwen2.5's "You are Qwen, ..."); "" for none
     dynamic_sampling: bool = False   # drop groups whose rewards are all equal and sample more
     max_refill_rounds: int = 4       # at most this many extra sampling rounds per step
     pass_rate_min: float = 0.0       # keep problems with pass_rate_min < polish pass rate ...
@@ -110,7 +121,7 @@ class Config:
     mask_truncated: bool = False     # overlong filtering (DAPO): leave responses cut off at --ctx out of the loss
     micro_tokens: int = 16384        # tokens per packed micro-batch
     grad_ckpt: bool = True           # activation checkpointing per layer
-    amp: bool = True                 # bf16 autocast for training and a bf16 sampling copy (CUDA)
+    precision: str = "auto"          # bf16 | fp16 (loss-scaled) | fp32: the sampling copy's dtype and the training autocast's; auto: bf16 on GPU, fp32 on CPU
     sft_steps: int = 0               # supervised warm-up steps on the records' solutions first
     sft_lr: float = 1e-5             # warm-up learning rate, decaying linearly to 0
     sft_batch: int = 64              # sequences per warm-up step
@@ -143,33 +154,12 @@ class Config:
 # ----------------------------------------------------------------------------- records
 
 @dataclass
-class Sequence:
-    """A prompt and a completion: what the trainer scores. The warm-up's demonstrations are
-    only this; a sampled completion is a Rollout."""
-    prompt: list[int]          # prompt token ids, chat template applied
-    tokens: list[int]          # completion token ids (a stopped sample ends with its stop token)
-
-
-@dataclass
-class Rollout(Sequence):
-    """One sampled completion, carried from sampling to the update (GRPO-Zero's Episode)."""
-    logprobs: list[float]      # the sampler's log p of each token, at the sampling temperature
-    reward: float              # verify's reward: 1.0 for a right final answer (with </think> if asked), else 0.0
-    correct: bool              # the final answer alone was right
-    advantage: float           # (reward - group mean) / (group std + eps): grpo.group_advantages
-    truncated: bool            # stopped by --ctx, not by a stop token
-    group: int                 # which prompt of this rank's batch (refill round r adds r * 1_000_000)
-    text: str                  # the decoded reply, for the log's examples
-    old_logp: list[float] | None = None   # log p before the update (PPO's old policy): store_old_and_ref_logprobs
-    ref_logp: list[float] | None = None   # log p under the stage's reference (the KL's), if --kl-coef
-
-
-@dataclass
 class Update:
     """What update_policy reports of one step's optimizer steps."""
     sums: dict                 # this rank's METRIC_SUMS over every mini-batch (token_means makes them means)
     grad_norms: list           # the pre-clip gradient norm of each optimizer step; nan for a skipped one
     skipped: int               # optimizer steps skipped because the gradient was not finite
+    overflows: int = 0         # of those, fp16 steps whose loss was finite: the scaled gradient overflowed (scale halved)
 
 
 @dataclass
@@ -191,12 +181,14 @@ class Run:
     rank: int                  # this process's index among the ranks (0 without torchrun)
     world: int                 # how many ranks (1 without torchrun)
     device: torch.device
-    amp: bool                  # bf16 autocast and a bf16 sampling copy (CUDA and --amp)
+    amp: torch.dtype | None    # the training forward's autocast dtype (bf16 or fp16); None in fp32
     tok: Tokenizer
     require_think: bool        # reward 1 needs </think> before the answer (R1 chat template)
     stages: list = field(default_factory=list)   # the Stages of --schedule (one without it)
     stage: int = 0             # the index of the stage now running
     kv_budget: int = 0         # the sampler's KV bytes, fixed at the run's first step; 0: not yet
+    precision: str = "fp32"    # --precision resolved for the device: bf16, fp16 or fp32
+    stop_ids: list | None = None   # what ends a reply (sample.stop_ids); None: config.json's eos ids
 
 
 @dataclass
@@ -204,7 +196,7 @@ class Models:
     """The networks of a run. Only `policy` is optimised; the others follow it or never move."""
     policy: Transformer        # fp32 weights AdamW updates; saved in checkpoints
     ddp: torch.nn.Module       # the policy under DDP (the policy itself in one process): forward + backward
-    sampler: Transformer       # what generates: the policy itself, or a bf16 copy re-synced after each update
+    sampler: Transformer       # what generates: the policy itself (fp32), or a bf16/fp16 copy re-synced after each update
     ref: Transformer | None    # the stage's first weights, for the KL term; None when --kl-coef is 0
     ref_step: int = 0          # the reference is the policy after this many steps (a stage switch); 0: --model
     ref_dir: str = ""          # a folder already holding the reference's weights (hard-linked into checkpoints)
@@ -212,7 +204,7 @@ class Models:
 
 # ----------------------------------------------------------------------------- one GRPO step
 
-def rollout(sampler, tok, recs, cfg, seed, require_think, kv_budget=None) -> tuple[list[Rollout], float]:
+def rollout(sampler, tok, recs, cfg, seed, require_think, kv_budget=None, stop_ids=None) -> tuple[list[Rollout], float]:
     """GRPO's samples and advantages for one batch of prompts: cfg.samples completions o_1..o_G of
     each prompt from the live weights, their rewards R_i, and A_i = (R_i - mean_G R) / (std_G R + eps)
     (R_i - mean_G R with --no-scale-adv).
@@ -222,7 +214,7 @@ def rollout(sampler, tok, recs, cfg, seed, require_think, kv_budget=None) -> tup
     enter("sampling")
     prompts = [r["prompt_ids"] for r in recs]
     outs = generate(sampler, prompts, n=cfg.samples, max_new_tokens=cfg.ctx, temperature=cfg.temperature,
-                    top_p=cfg.top_p, seed=seed, kv_budget=kv_budget, cuda_graphs=cfg.cuda_graphs)
+                    top_p=cfg.top_p, seed=seed, kv_budget=kv_budget, cuda_graphs=cfg.cuda_graphs, stop_ids=stop_ids)
     enter("grading")
     t0 = time.time()
     texts, correct, rewards = grade_samples(tok, outs, [r for r in recs for _ in range(cfg.samples)], require_think)
@@ -288,7 +280,7 @@ def collect_rollouts(run: Run, models: Models, recs: list, data_pos: int, step: 
         gave_up = GRADER_STATS["timeout"] + GRADER_STATS["deadline"]
         got, grade_s = rollout(models.sampler, run.tok, shard(batch, run.rank, run.world), cfg,
                                seed=rollout_seed(cfg.seed, step, rounds, run.rank), require_think=run.require_think,
-                               kv_budget=run.kv_budget or None)
+                               kv_budget=run.kv_budget or None, stop_ids=run.stop_ids)
         times.sample_s += time.time() - t0 - grade_s
         times.grade_s += grade_s
         times.grade_timeouts += GRADER_STATS["timeout"] + GRADER_STATS["deadline"] - gave_up
@@ -323,7 +315,7 @@ def store_old_and_ref_logprobs(run: Run, models: Models, rollouts: list[Rollout]
             r.old_logp = r.logprobs
     else:
         store_logprobs(models.policy, rollouts, "old_logp", cfg, run.device, run.amp)
-        gap = gap_sums(rollouts)
+        gap = gap_sums(rollouts, cfg.clip_low, cfg.clip_high)
     if models.ref is not None:
         store_logprobs(models.ref, rollouts, "ref_logp", cfg, run.device, run.amp)
     return gap
@@ -339,38 +331,31 @@ def store_logprobs(model, rollouts: list[Rollout], field_name: str, cfg, device,
             setattr(r, field_name, part.float().tolist())
 
 
-def update_policy(run: Run, models: Models, opt, rollouts: list[Rollout]) -> Update:
+def update_policy(run: Run, models: Models, opt, rollouts: list[Rollout], scaler=None) -> Update:
     """The maximisation: cfg.updates_per_step optimizer steps on GRPO's loss (the clipped surrogate
     -min(ratio * A, clip(ratio) * A), + kl_coef * KL, - entropy_coef * entropy), each on a slice
-    of whole groups, then the sampling copy takes the new weights."""
+    of whole groups, then the sampling copy takes the new weights. With fp16's loss scaler, a
+    step whose loss is finite but whose gradient is not overflowed in the scaling: it is skipped
+    and counted as an overflow (the scaler halved its scale), not as a bad step."""
     cfg = run.cfg
     enter("update")
     groups = sorted({r.group for r in rollouts})
-    sums, norms, skipped = {}, [], 0
+    sums, norms, skipped, overflows = {}, [], 0, 0
     for u in range(cfg.updates_per_step):   # each mini-batch is a slice of whole groups
         part = set(groups[u::cfg.updates_per_step])
         # --mask-truncated: a response cut off at --ctx takes no part in the loss (its group's
         # advantages were computed with it: its reward still counts against the others')
         mini = [r for r in rollouts if r.group in part and not (cfg.mask_truncated and r.truncated)]
         m = train_minibatch(models.ddp, models.policy, mini, loss_fn=grpo_loss, temperature=cfg.temperature,
-                            cfg=cfg, device=run.device, world=run.world, amp=run.amp)
+                            cfg=cfg, device=run.device, world=run.world, amp=run.amp, scaler=scaler)
         sums = add_sums(sums, m)
-        norm = optimizer_step(models.policy, opt, cfg.grad_clip)
+        norm = optimizer_step(models.policy, opt, cfg.grad_clip, scaler)
         norms.append(norm if norm is not None else float("nan"))
         skipped += norm is None
+        if norm is None and scaler is not None:   # every rank holds the same gradient and loss: one verdict
+            overflows += math.isfinite(token_means(m, run.world, run.device)["loss"])
     sync_sampler(models)
-    return Update(sums=sums, grad_norms=norms, skipped=skipped)
-
-
-def optimizer_step(model, opt, grad_clip: float):
-    """Clip and step; returns the pre-clip grad norm, or None (and no step) if it is not finite."""
-    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    if not torch.isfinite(norm):
-        opt.zero_grad(set_to_none=True)
-        return None
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-    return float(norm)
+    return Update(sums=sums, grad_norms=norms, skipped=skipped, overflows=overflows)
 
 
 def sync_sampler(models: Models):
@@ -382,128 +367,14 @@ def sync_sampler(models: Models):
             a.copy_(b)
 
 
-# ----------------------------------------------------------------------------- log-probs and losses
-
-def pack(seqs: list[Sequence], micro_tokens: int) -> list[list[Sequence]]:
-    """Greedy packing into micro-batches of at most micro_tokens (a longer sequence goes alone).
-
-    Sequences are taken shortest first, so each micro-batch holds similar lengths (the model
-    then attends to them as one padded grid; see model.Packing)."""
-    batches, cur, n = [], [], 0
-    for s in sorted(seqs, key=lambda s: len(s.prompt) + len(s.tokens)):
-        L = len(s.prompt) + len(s.tokens)
-        if cur and n + L > micro_tokens:
-            batches.append(cur)
-            cur, n = [], 0
-        cur.append(s)
-        n += L
-    return batches + ([cur] if cur else [])
-
-def forward_logprobs(ddp_model, model, mb: list[Sequence], temperature, device, amp, with_entropy=True):
-    """Per-token log-probs (and entropy) of every completion token of a packed micro-batch.
-
-    Sequences prompt+completion sit side by side in one row; the hidden state at position t
-    predicts token t+1, so completion token j of a sequence with prompt length P is scored
-    at P - 1 + j. Returns flat (N,) tensors over the micro-batch's completion tokens.
-    """
-    ids, pos, lens, pick, tgt = [], [], [], [], []
-    start = 0
-    for s in mb:
-        full = s.prompt + s.tokens
-        ids += full
-        pos += range(len(full))
-        lens.append(len(full))
-        P = len(s.prompt)
-        pick += range(start + P - 1, start + P - 1 + len(s.tokens))
-        tgt += s.tokens
-        start += len(full)
-    ids = torch.tensor([ids], device=device)
-    pos = torch.tensor([pos], device=device)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-        h = ddp_model(ids, positions=pos, seq_lens=lens, return_hidden=True)[0]      # (T, C)
-        h = h[torch.tensor(pick, device=device)]                                     # (N, C)
-        return model.token_logprobs(h, torch.tensor(tgt, device=device), temperature,
-                                    with_entropy=with_entropy)
-
-def grpo_loss(logp, ent, mb: list[Rollout], cfg, batch: tuple[int, int]) -> tuple[torch.Tensor, dict]:
-    """GRPO's loss on a micro-batch (grpo.py states every convention): the clipped surrogate
-    -min(ratio * A, clip(ratio) * A) (per token, or per response with --policy-loss gspo), times
-    the TIS weight with --tis-cap, + kl_coef * k3 KL to the reference - entropy_coef * entropy,
-    aggregated by --loss-agg over the whole mini-batch, whose completion tokens and sequences over
-    every rank are `batch`. logp, ent: (N,) over the micro-batch's completion tokens. Returns the
-    loss and the per-token parts the metrics sum (kl, clipped)."""
-    device = logp.device
-    lens = torch.tensor([len(s.tokens) for s in mb], device=device)
-    idx = torch.repeat_interleave(torch.arange(len(mb), device=device), lens)   # (N,) sequence of each token
-    old = torch.tensor([x for s in mb for x in s.old_logp], device=device)
-    refp = torch.tensor([x for s in mb for x in s.ref_logp], device=device) if cfg.kl_coef else None
-    adv = torch.tensor([s.advantage for s in mb], device=device)[idx]
-    weights = None
-    if cfg.tis_cap:   # the sampler drew each token with s.logprobs; the old policy gives it `old`
-        sampled = torch.tensor([x for s in mb for x in s.logprobs], device=device)
-        weights = grpo.tis_weights(old, sampled, cfg.tis_cap, cfg.tis_level, idx, len(mb))
-    tok_loss, parts = grpo.grpo_token_loss(logp, old, refp, ent, adv, cfg.clip_low, cfg.clip_high,
-                                           cfg.kl_coef, cfg.entropy_coef, policy_loss=cfg.policy_loss,
-                                           seq_index=idx, seq_lens=lens, is_weights=weights)
-    return grpo.aggregate(tok_loss, idx, lens, cfg.loss_agg, cfg.ctx, *batch), parts
-
-
-def sft_loss(logp, ent, mb: list[Sequence], cfg, batch: tuple[int, int]) -> tuple[torch.Tensor, dict]:
-    """The warm-up's loss: the demonstrations' negative log-likelihood, a mean over the whole
-    mini-batch's tokens (`batch`: its completion tokens and sequences over every rank)."""
-    return (-logp).sum() / max(1, batch[0]), {}
-
-
-def train_minibatch(ddp_model, model, seqs: list[Sequence], *, loss_fn, temperature: float, cfg, device,
-                    world: int, amp: bool) -> dict:
-    """Accumulate gradients of loss_fn (grpo_loss or sft_loss) over one mini-batch, micro-batch by
-    micro-batch (no optimizer step); log-probs at `temperature`. Returns this rank's metric sums
-    (METRIC_SUMS by name; token_means turns them into the logged values).
-
-    Only the last backward of a rank all-reduces the gradients (the others run under no_sync), and
-    the model holds no buffers, so its forwards exchange nothing: ranks may pack different numbers
-    of micro-batches. A rank with no sequence at all still joins that one all-reduce."""
-    mbs = pack(seqs, cfg.micro_tokens)
-    # the whole mini-batch's completion tokens and sequences, over every rank: token-mean divides by them
-    counts = torch.tensor([sum(len(s.tokens) for s in seqs), len(seqs)], dtype=torch.float64, device=device)
-    if world > 1:
-        dist.all_reduce(counts)
-    batch = (int(counts[0]), int(counts[1]))
-    m = dict.fromkeys(METRIC_SUMS, 0.0)
-    if world > 1 and not mbs:
-        join_gradient_all_reduce(ddp_model, device, amp)
-    for k, mb in enumerate(mbs):
-        last = k == len(mbs) - 1
-        with ddp_model.no_sync() if world > 1 and not last else contextlib.nullcontext():
-            logp, ent = forward_logprobs(ddp_model, model, mb, temperature, device, amp)
-            loss, parts = loss_fn(logp, ent, mb, cfg, batch)
-            (loss * world).backward()  # DDP averages gradients over ranks; the loss already divides by all
-        m["loss"] += float(loss.detach())   # this rank's share: the ranks' shares add up to the loss
-        m["kl"] += float(parts.get("kl", torch.zeros(1)).sum())
-        m["entropy"] += float(ent.detach().sum())
-        m["clipped"] += float(parts.get("clipped", torch.zeros(1)).float().sum())
-        m["tokens"] += len(logp)
-    return m
-
-
-def join_gradient_all_reduce(ddp_model, device, amp: bool):
-    """The one gradient all-reduce of a mini-batch, from a rank that holds none of its sequences
-    (dynamic sampling can leave a rank without a group). DDP arms the all-reduce in a forward and
-    runs it in the backward, so this rank runs the model on one token and back-propagates zero
-    times its output: the others' gradients are averaged with zeros, as the loss's world-scaling
-    expects."""
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-        out = ddp_model(torch.zeros((1, 1), dtype=torch.long, device=device))
-    (out.float().sum() * 0.0).backward()
-
-
 # ----------------------------------------------------------------------------- metrics
 
 def step_metrics(run: Run, rollouts: list[Rollout], update: Update, times: StepTimes, step: int,
-                 data_pos: int, gap: dict | None = None) -> dict:
+                 data_pos: int, gap: dict | None = None, scaler=None) -> dict:
     """Not part of the objective: the step's metrics row, reward and lengths summed over every
-    rank, the update's means over every rank's tokens, and the sampler-trainer gap (gap_sums)
-    when it was measured. Collective: every rank calls it."""
+    rank, the update's means over every rank's tokens, the sampler-trainer gap (gap_sums) when it
+    was measured, and fp16's loss scale and overflows. grad_norm is the mean over the optimizer
+    steps taken (nan when all were skipped). Collective: every rank calls it."""
     enter("metrics")
     lens = [len(r.tokens) for r in rollouts]
     n_groups = len({r.group for r in rollouts})
@@ -517,14 +388,16 @@ def step_metrics(run: Run, rollouts: list[Rollout], update: Update, times: StepT
         dist.all_reduce(longest, op=dist.ReduceOp.MAX)
     means = token_means(update.sums, run.world, run.device)   # over every rank's tokens, not rank 0's alone
     n = max(1, tot["samples"])   # 0 only when dynamic sampling kept no group at all
+    taken = [g for g in update.grad_norms if math.isfinite(g)]
+    scaling = dict(overflow=update.overflows, loss_scale=precision.scale_of(scaler)) if scaler is not None else {}
     return dict(step=step + 1, reward=tot["reward"] / n, accuracy=tot["correct"] / n,
                 len_mean=tot["tokens"] / n, len_max=int(longest), truncated=tot["truncated"] / n,
                 zero_var=tot["zero_var"] / max(1, tot["groups"]), entropy=means["entropy"], kl=means["kl"],
-                clip_frac=means["clip_frac"], grad_norm=sum(update.grad_norms) / len(update.grad_norms),
+                clip_frac=means["clip_frac"], grad_norm=sum(taken) / len(taken) if taken else float("nan"),
                 loss=means["loss"], tok_per_s=tot["tokens"] / max(1e-9, times.sample_s), sample_s=times.sample_s,
                 grade_s=times.grade_s, train_s=times.train_s, step_s=time.time() - times.start,
                 skipped=update.skipped, grade_timeouts=int(tot["grade_timeouts"]), data_pos=data_pos,
-                stage=run.stage, ctx=run.cfg.ctx, samples=run.cfg.samples) | gap_columns(gap, run.world, run.device)
+                stage=run.stage, ctx=run.cfg.ctx, samples=run.cfg.samples) | scaling | gap_columns(gap, run.world, run.device)
 
 
 def show_rollouts(tok, rollouts: list[Rollout]):
@@ -550,7 +423,7 @@ def evaluate_heldout(run: Run, sampler, recs: list, when: str, row: dict | None 
     cfg = run.cfg
     _, s = evaluate(sampler, run.tok, recs, n=cfg.eval_samples, require_think=run.require_think, rank=run.rank,
                     world=run.world, max_new_tokens=cfg.ctx, temperature=cfg.eval_temperature,
-                    top_p=cfg.eval_top_p, seed=cfg.seed, kv_budget=run.kv_budget or None)
+                    top_p=cfg.eval_top_p, seed=cfg.seed, kv_budget=run.kv_budget or None, stop_ids=run.stop_ids)
     if row is not None:
         row.update(eval_accuracy=s["pass@1"], eval_ci95=s["pass@1_ci95"], eval_len_mean=s["mean_length"],
                    eval_truncated=s["truncated"])
@@ -588,7 +461,9 @@ def warm_up(run: Run, models: Models, pool: list):
         raise SystemExit(f"--sft-steps {cfg.sft_steps}: no record of {cfg.data} has a solution to imitate")
     used = Counter()   # demonstrations by source over all ranks' batches (every rank draws the same batch)
     opt = torch.optim.AdamW(models.policy.parameters(), lr=cfg.sft_lr, weight_decay=0.0)
-    eos = run.tok.eos_ids[:1]
+    scaler = precision.loss_scaler(run.precision, run.device)   # fp16: the warm-up's own, dropped with its AdamW
+    end = run.tok.end_of_turn(cfg.template or None)   # a demonstration ends as a reply must: the turn's end
+    eos = [end] if end is not None else run.tok.eos_ids[:1]
     models.policy.train()
     for k in range(cfg.sft_steps):
         batch = take(sft_recs, cfg.seed, k * cfg.sft_batch, cfg.sft_batch)
@@ -596,10 +471,10 @@ def warm_up(run: Run, models: Models, pool: list):
         pick = shard(batch, run.rank, run.world)
         seqs = [Sequence(prompt=r["prompt_ids"], tokens=run.tok.encode(r["solution"]) + eos) for r in pick]
         m = train_minibatch(models.ddp, models.policy, seqs, loss_fn=sft_loss, temperature=1.0, cfg=cfg,
-                            device=run.device, world=run.world, amp=run.amp)
+                            device=run.device, world=run.world, amp=run.amp, scaler=scaler)
         for group in opt.param_groups:   # linear decay to 0: the last steps settle instead of bouncing
             group["lr"] = cfg.sft_lr * (1 - k / cfg.sft_steps)
-        optimizer_step(models.policy, opt, cfg.grad_clip)
+        optimizer_step(models.policy, opt, cfg.grad_clip, scaler)
         if k % 20 == 0 or k == cfg.sft_steps - 1:   # every rank reaches here: the sum is collective
             print0(f"warm-up {k + 1}/{cfg.sft_steps}: loss {token_means(m, run.world, run.device)['loss']:.3f}")
     print0("warm-up demonstrations by source: " + ", ".join(f"{src} {n:,}" for src, n in sorted(used.items())))
@@ -614,12 +489,19 @@ def parse_config(argv) -> tuple[Config, set]:
                                  "`python train.py plot RUN_DIR` draws a run's curves. Without --model: "
                                  "the embedded toy, with its own defaults (TRAIN_DEFAULTS in toy.py).")
     add_config_flags(ap, Config, suppress=True)   # flags not given stay out: the toy's defaults fill them
+    for old, new in (("--amp", "bf16"), ("--no-amp", "fp32")):   # the flag --precision replaced
+        if old in argv:
+            ap.error(f"{old} is gone: use --precision {new} (bf16 | fp16 | fp32; auto: bf16 on GPU, fp32 on CPU)")
     given = vars(ap.parse_args(argv))
     values = {} if given.get("model") else dict(toy.TRAIN_DEFAULTS)  # the toy's defaults, under explicit flags
     values.update(given)
     cfg = Config(**values)
     if cfg.think not in THINK_CHOICES:
         ap.error(f"--think must be yes, no or auto, not {cfg.think!r}")
+    if cfg.template and cfg.template not in TEMPLATES:
+        ap.error(f"--template must be one of {', '.join(TEMPLATES)} (or empty: the checkpoint's), not {cfg.template!r}")
+    if cfg.precision not in precision.PRECISIONS:
+        ap.error(f"--precision must be one of {precision.PRECISIONS}, not {cfg.precision!r}")
     if cfg.old_logp not in ("recompute", "sampler"):
         ap.error(f"--old-logp must be recompute or sampler, not {cfg.old_logp!r}")
     for name, choices in (("loss_agg", grpo.AGGREGATIONS), ("policy_loss", grpo.POLICY_LOSSES),
@@ -699,7 +581,8 @@ def usable_problems(path: str, cfg: Config, tok) -> tuple[list[dict], list[dict]
     before the pass-rate filter. The second is the warm-up's pool: a problem only an
     answer-guided chain solved has pass rate 0, which the filter drops from GRPO, yet its chain
     is a demonstration."""
-    found = load_problems(path, tok, cfg.prompt_budget)   # DataError (clean_exit prints it) when none fits
+    # DataError (clean_exit prints it) when none fits
+    found = load_problems(path, tok, cfg.prompt_budget, cfg.template or None, system=cfg.system)
     within_budget = found.kept
     kept = []
     for r in within_budget:
@@ -716,26 +599,27 @@ def usable_problems(path: str, cfg: Config, tok) -> tuple[list[dict], list[dict]
 
 
 def load_models(run: Run, src: str, ref_step: int = 0) -> Models:
-    """The policy from src in fp32 (AdamW needs it), the reference (bf16 on GPU) when the KL term
-    is on: --model, or src's reference/ when a stage switch after ref_step steps made it; a bf16
-    sampling copy on GPU, and the DDP wrapper under torchrun."""
+    """The policy from src in fp32 (AdamW needs it), the reference (in --precision's dtype) when
+    the KL term is on: --model, or src's reference/ when a stage switch after ref_step steps made
+    it; a sampling copy in bf16 or fp16 (none in fp32), and the DDP wrapper under torchrun."""
     cfg, device = run.cfg, run.device
     policy = Transformer.from_pretrained(src, device=device, dtype=torch.float32)
     policy.gradient_checkpointing = cfg.grad_ckpt
     ref = None
     ref_src = os.path.join(src, "reference") if ref_step else cfg.model
     if cfg.kl_coef:
-        ref = Transformer.from_pretrained(ref_src, device=device, dtype=torch.bfloat16 if run.amp else torch.float32)
+        ref = Transformer.from_pretrained(ref_src, device=device, dtype=run.amp or torch.float32)
         ref.requires_grad_(False)
     sampler = policy
     if run.amp or SAMPLER_COPY:
-        sampler = copy.deepcopy(policy).to(torch.bfloat16).requires_grad_(False)
+        sampler = copy.deepcopy(policy).to(run.amp or torch.bfloat16).requires_grad_(False)
     ddp = policy
     if run.world > 1:
         ddp = torch.nn.parallel.DistributedDataParallel(policy, device_ids=[device.index] if device.type == "cuda"
                                                         else None)
     print0(f"policy {policy.num_params() / 1e6:.1f}M params on {device} x {run.world}; sampling in "
-           f"{'bf16' if sampler is not policy else 'fp32'}; reward requires </think>: {run.require_think}")
+           f"{str(next(sampler.parameters()).dtype).removeprefix('torch.')}, training in {run.precision}"
+           f"{' with loss scaling' if run.precision == 'fp16' else ''}; reward requires </think>: {run.require_think}")
     return Models(policy=policy, ddp=ddp, sampler=sampler, ref=ref, ref_step=ref_step,
                   ref_dir=ref_src if ref is not None and ref_step else "")
 
@@ -761,9 +645,9 @@ def finish(run: Run, models: Models, before, after):
         stop_distributed()
 
 
-# Without CUDA the policy samples itself (amp is off, so there is no bf16 copy to keep in sync).
-# True keeps the separate bf16 sampling copy on any device, so that its re-sync after every
-# update runs, and is tested, on CPU too.
+# In fp32 the policy samples itself (there is no copy to keep in sync). True keeps a separate
+# bf16 sampling copy while training in fp32, so that its re-sync after every update is tested
+# against exact fp32 log-probs (tests/test_train_loop.py).
 SAMPLER_COPY = False
 
 
@@ -781,6 +665,7 @@ class Start:
     train_recs: list           # GRPO's problems (usable_problems of --data)
     eval_recs: list            # the held-out problems; [] without --eval-data
     opt: torch.optim.Optimizer # AdamW over the policy (its state restored on resume)
+    scaler: torch.amp.GradScaler | None   # fp16's loss scaler (its state restored on resume); None otherwise
     step: int                  # completed GRPO steps: 0, or the checkpoint's
     data_pos: int              # the training stream's position of the next prompt batch
     src: str                   # where the policy's weights came from (--model or a checkpoint)
@@ -803,12 +688,19 @@ def set_up(cfg: Config, held: contextlib.ExitStack) -> tuple[Run, Models, Start]
     refuse_diverged_ranks(runfolder.rank_signature(cfg), world, "train.py")
 
     # --- data: each problem's prompt tokenized once
-    tok = Tokenizer.from_pretrained(cfg.model)
-    run = Run(cfg=cfg, rank=rank, world=world, device=device, amp=cfg.amp and device.type == "cuda",
-              tok=tok, require_think=requires_think(cfg.think, tok.chat_template), stages=runfolder.schedule_of(cfg))
+    tok = read_tokenizer(cfg.model, "train.py")
+    template = cfg.template or tok.chat_template
+    dtypes = precision.resolve(cfg.precision, device)
+    run = Run(cfg=cfg, rank=rank, world=world, device=device, amp=precision.autocast_dtype(dtypes), precision=dtypes,
+              tok=tok, require_think=requires_think(cfg.think, template), stages=runfolder.schedule_of(cfg),
+              stop_ids=stop_ids(tok, read_config(cfg.model).eos_token_id, cfg.model, template))
     if len(run.stages) > 1:
         print0(runfolder.describe_stages(run.stages, cfg.steps))
     train_recs, sft_pool = usable_problems(cfg.data, cfg, tok)
+    if len(train_recs) < cfg.prompts_per_step:
+        print0(f"train.py: note: {len(train_recs)} usable problems, fewer than --prompts-per-step "
+               f"{cfg.prompts_per_step}: every step samples some of them more than once; lower --prompts-per-step "
+               f"to at most {len(train_recs)} to avoid it", file=sys.stderr)
     eval_recs = usable_problems(cfg.eval_data, cfg, tok)[0] if cfg.eval_data and cfg.eval_every > 0 else []
 
     # --- models: the policy, its sampling copy and the reference, from --model or a checkpoint
@@ -827,11 +719,15 @@ def set_up(cfg: Config, held: contextlib.ExitStack) -> tuple[Run, Models, Start]
         warm_up(run, models, sft_pool)
         PROGRESS.weights = f"{src} after the {cfg.sft_steps}-step warm-up"
     opt = torch.optim.AdamW(models.policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scaler = precision.loss_scaler(run.precision, device)
     if state is not None:
         opt.load_state_dict(state.optimizer)
+        if scaler is not None and state.loss_scaler:   # a checkpoint of another precision has none: a fresh scale
+            scaler.load_state_dict(state.loss_scaler)
     run.kv_budget = runfolder.fix_kv_budget(run, models, opt, state)
     before = evaluate_heldout(run, models.sampler, eval_recs, "before GRPO") if eval_recs and not state else None
-    return run, models, Start(train_recs=train_recs, eval_recs=eval_recs, opt=opt, step=state.step if state else 0,
+    return run, models, Start(train_recs=train_recs, eval_recs=eval_recs, opt=opt, scaler=scaler,
+                              step=state.step if state else 0,
                               data_pos=state.data_pos if state else 0, src=src, before=before)
 
 
@@ -842,7 +738,7 @@ def grpo_loop(run: Run, models: Models, start: Start, held: contextlib.ExitStack
     base, opt, data_pos, after = run.cfg, start.opt, start.data_pos, None
     metrics_f = held.enter_context(open(os.path.join(base.out, "metrics.jsonl"), "a")) if run.rank == 0 else None
     wandb_run = runfolder.open_wandb(base, run.rank)
-    bad = 0   # consecutive steps with an optimizer step skipped for a non-finite gradient
+    bad = 0   # consecutive steps with an optimizer step skipped for a non-finite gradient (fp16 overflows aside)
     for step in range(start.step, base.steps):
         PROGRESS.step = step + 1
         # 0) the step's stage: at a switch, new ctx and samples, the reference and AdamW afresh
@@ -854,14 +750,14 @@ def grpo_loop(run: Run, models: Models, start: Start, held: contextlib.ExitStack
         t0 = time.time()
         gap = store_old_and_ref_logprobs(run, models, rollouts)
         # 3) --updates-per-step optimizer steps, each on a slice of whole groups
-        update = update_policy(run, models, opt, rollouts)
+        update = update_policy(run, models, opt, rollouts, start.scaler)
         times.train_s = time.time() - t0
-        bad = bad + 1 if update.skipped else 0
+        bad = bad + 1 if update.skipped > update.overflows else 0
         # 4) metrics over all ranks, one line; a non-finite first step means broken weights: stop
-        row = step_metrics(run, rollouts, update, times, step, data_pos, gap)
+        row = step_metrics(run, rollouts, update, times, step, data_pos, gap, start.scaler)
         print0(log_line(row))
         if step == start.step:
-            refuse_broken_first_step(row, update.skipped)
+            refuse_broken_first_step(row, update.skipped - update.overflows)
         PROGRESS.weights = f"the policy after step {step + 1} (from {start.src})"
         if (step + 1) % base.show_every == 0:
             show_rollouts(run.tok, rollouts)
@@ -874,9 +770,12 @@ def grpo_loop(run: Run, models: Models, start: Start, held: contextlib.ExitStack
         if bad >= base.max_bad_steps:
             raise SystemExit(f"stopping: {bad} steps in a row had a non-finite gradient (last step {step + 1}); "
                              "lower --lr or check the data")
+        if precision.scale_of(start.scaler) < precision.MIN_LOSS_SCALE:
+            raise SystemExit(f"stopping: step {step + 1}: fp16's gradients overflow even unscaled (loss scale "
+                             f"{precision.scale_of(start.scaler):g}): this model needs --precision bf16")
         # 6) a checkpoint on its schedule and at the end
         if base.save_every and ((step + 1) % base.save_every == 0 or step + 1 == base.steps):
-            save_step(run, models, opt, step + 1, data_pos)
+            save_step(run, models, opt, step + 1, data_pos, start.scaler)
     return after
 
 
@@ -889,7 +788,7 @@ def main(argv=None):
     interrupted = (f"the last checkpoint in {os.path.join(cfg.out, 'checkpoints')} is intact; "
                    "the same command with --resume auto continues from it")
     timeout_flag = f"--collective-timeout-s {cfg.collective_timeout_s:g}"
-    with clean_exit("train.py", on_interrupt=interrupted), fail_fast("train.py", timeout_flag), \
+    with clean_exit("train.py", on_interrupt=interrupted), fail_fast("train.py", timeout_flag, interrupted), \
             contextlib.ExitStack() as held:
         run, models, start = set_up(cfg, held)
         after = grpo_loop(run, models, start, held)

@@ -8,6 +8,11 @@ Rank 0 writes the parameters after the optimizer step and the update's logged me
 (train.token_means: entropy, KL, clip fraction, loss) to OUT.pt. Rank 0 gets more tokens than
 rank 1, so the ranks pack different numbers of micro-batches (4 and 2): only the last backward of each
 synchronises.
+
+Then the same in fp16 with a loss scaler, twice, from the same initial weights: the first update
+with the loss of sequences 4-7 planted 1e6 times larger (its scaled fp16 gradients overflow on
+the rank that holds them), the second plain. Every rank writes what it saw (OUT.pt's "fp16", and
+OUT.pt.rank1 from rank 1): whether each step was taken, the scale after it, the weights after both.
 """
 import datetime
 import os
@@ -55,8 +60,38 @@ sums = train.train_minibatch(ddp, model, mine, loss_fn=train.grpo_loss, temperat
                              device=torch.device("cpu"), world=world, amp=False)
 metrics = train.token_means(sums, world, torch.device("cpu"))     # collective: every rank calls it
 train.optimizer_step(model, opt, cfg.grad_clip)
+
+
+def fp16_steps() -> dict:
+    """Two fp16 updates from the initial weights, the first with an overflow planted in sequences 4-7."""
+    torch.manual_seed(0)
+    model16 = Transformer(model.config)
+    ddp16 = torch.nn.parallel.DistributedDataParallel(model16) if world > 1 else model16
+    opt16 = torch.optim.AdamW(model16.parameters(), lr=1e-2)
+    scaler = torch.amp.GradScaler("cpu")
+    planted = {id(s) for s in seqs[4:]}
+
+    def overflowing(logp, ent, mb, cfg, batch):
+        loss, parts = train.grpo_loss(logp, ent, mb, cfg, batch)
+        return (loss * 1e6 if any(id(s) in planted for s in mb) else loss), parts
+    seen = dict(taken=[], scale=[])
+    for loss_fn in (overflowing, train.grpo_loss):
+        train.train_minibatch(ddp16, model16, mine, loss_fn=loss_fn, temperature=cfg.temperature, cfg=cfg,
+                              device=torch.device("cpu"), world=world, amp=torch.float16, scaler=scaler)
+        seen["taken"].append(train.optimizer_step(model16, opt16, cfg.grad_clip, scaler) is not None)
+        seen["scale"].append(scaler.get_scale())
+    seen["params"] = {k: v.clone() for k, v in model16.state_dict().items()}
+    return seen
+
+
+torch.manual_seed(0)
+initial = {k: v.clone() for k, v in Transformer(model.config).state_dict().items()}
+fp16 = fp16_steps() | {"initial": initial}
 if rank == 0:
-    torch.save({"params": {k: v.clone() for k, v in model.state_dict().items()}, "metrics": metrics}, sys.argv[1])
+    torch.save({"params": {k: v.clone() for k, v in model.state_dict().items()}, "metrics": metrics, "fp16": fp16},
+               sys.argv[1])
+elif rank == 1:
+    torch.save({"fp16": fp16}, sys.argv[1] + ".rank1")
 if world > 1:
     del ddp     # it holds the group too: drop it so destroy_process_group joins gloo's threads
     dist.destroy_process_group()

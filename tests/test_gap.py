@@ -62,6 +62,17 @@ def test_logp_gap_by_hand():
     assert g["outside"].tolist() == [False, False, True]      # ratio e^-2 < 0.5
 
 
+def test_gap_clip_column_by_hand():
+    """gap_clip: ratios outside PPO's clip range [1 - clip_low, 1 + clip_high], both sides."""
+    d = torch.tensor([0.0, -0.3, 0.19, 0.2])                # ratios 1, 0.74, 1.209, 1.221
+    g = grpo.logp_gap(d, torch.zeros(4), clip_low=0.2, clip_high=0.2)
+    assert g["clip"].tolist() == [False, True, True, True]
+    assert grpo.logp_gap(d, torch.zeros(4), clip_low=0.3, clip_high=0.28)["clip"].tolist() == [False] * 4
+    rollouts = [train.Rollout(prompt=[1], tokens=[2, 3, 4, 5], logprobs=[0.0] * 4, reward=0.0, correct=False,
+                              advantage=0.0, truncated=False, group=0, text="", old_logp=d.tolist())]
+    assert train.gap_columns(train.gap_sums(rollouts, 0.2, 0.2), 1, CPU)["gap_clip"] == 0.75
+
+
 def test_tis_weights_only_the_policy_gradient():
     logp, old, ref = torch.tensor([-1.0, -2.0]), torch.tensor([-1.0, -2.0]), torch.tensor([-1.5, -2.0])
     ent, adv, w = torch.tensor([0.3, 0.4]), torch.tensor([1.0, -1.0]), torch.tensor([2.0, 0.5])

@@ -37,6 +37,14 @@ def test_two_process_ddp_step_equals_one_process(tmp_path, split):
     assert a["metrics"]["kl"] > 0 and a["metrics"]["clip_frac"] > 0 and a["metrics"]["loss"] != 0
     for k, v in a["metrics"].items():
         assert b["metrics"][k] == pytest.approx(v, rel=1e-5, abs=1e-7), k
+    # fp16 with a loss scaler: the overflow of one rank's sequences skips the step on every rank
+    # (the gradient is all-reduced before it is unscaled and checked) and halves every rank's
+    # scale; the next step is taken, the ranks' weights stay bit-identical
+    b1 = torch.load(tmp_path / "two.pt.rank1")["fp16"]
+    for seen in (a["fp16"], b["fp16"], b1):
+        assert seen["taken"] == [False, True] and seen["scale"] == [2.0**15, 2.0**15]
+        assert any(not torch.equal(seen["params"][k], seen["initial"][k]) for k in seen["params"])
+    assert all(torch.equal(b["fp16"]["params"][k], b1["params"][k]) for k in b1["params"])
 
 
 # Every flag the resume test's meaning depends on is explicit (not the toy's defaults): the KL

@@ -130,10 +130,23 @@ def test_a_stalled_rank_ends_every_rank_within_the_timeout_naming_phases(task, t
         kill_job(job)
         pytest.fail(f"still running after {time.time() - t0:.0f} s: a stalled rank hangs the job")
     assert job.returncode != 0
-    assert "train.py: rank 1 stopped by SIGTERM during sampling of step 1\n" in err, err[-3000:]
+    assert (f"train.py: rank 1 stopped by SIGTERM during sampling of step 1: the last checkpoint in "
+            f"{tmp_path / 'run' / 'checkpoints'} is intact; the same command with --resume auto continues "
+            f"from it\n") in err, err[-3000:]
     lines = [line for line in err.splitlines() if line.startswith("train.py: error: rank 0 lost the other ranks")]
     assert len(lines) == 1, err[-3000:]
     assert "during sampling of step 1 (no answer within --collective-timeout-s 4," in lines[0]
+
+
+def test_fewer_problems_than_prompts_per_step_is_said_once(task, tmp_path, capsys):
+    """3 problems and --prompts-per-step 4: each step draws a problem twice, said at start-up."""
+    model_dir, data = task
+    three = tmp_path / "three.jsonl"
+    three.write_text("".join(Path(data).read_text().splitlines(keepends=True)[:3]))
+    train.main(flags((model_dir, str(three)), tmp_path / "run", "--steps", "1"))
+    err = capsys.readouterr().err
+    assert err.count("note: 3 usable problems, fewer than --prompts-per-step 4: every step samples some of "
+                     "them more than once; lower --prompts-per-step to at most 3 to avoid it") == 1
 
 
 def test_collective_timeout_default_and_bounds():

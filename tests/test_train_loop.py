@@ -299,14 +299,14 @@ class Recorder:
         self.policy = None       # the policy module (train.main keeps it local)
 
     def rollout(self, real):
-        def wrapped(sampler, tok, recs, cfg, seed, require_think, kv_budget=None):
+        def wrapped(sampler, tok, recs, cfg, seed, require_think, kv_budget=None, stop_ids=None):
             """Check the sampling copy against the policy, then roll out as train.py does."""
             if self.policy is not None:
                 pairs = list(zip(sampler.parameters(), self.policy.parameters()))
                 same = all(torch.equal(a, b.detach().to(a.dtype)) for a, b in pairs)
                 self.synced.append((next(sampler.parameters()).dtype, sampler is not self.policy, same))
             self.prompts.append([r["prompt_ids"] for r in recs])
-            return real(sampler, tok, recs, cfg, seed, require_think, kv_budget)
+            return real(sampler, tok, recs, cfg, seed, require_think, kv_budget, stop_ids)
         return wrapped
 
     def train_minibatch(self, real):
@@ -317,10 +317,10 @@ class Recorder:
         return wrapped
 
     def optimizer_step(self, real):
-        def wrapped(model, opt, grad_clip):
+        def wrapped(model, opt, grad_clip, scaler=None):
             """Keep the policy and the gradient norm."""
             self.policy = model
-            norm = real(model, opt, grad_clip)
+            norm = real(model, opt, grad_clip, scaler)
             self.norms.append(norm)
             return norm
         return wrapped
