@@ -5,6 +5,7 @@
         --samples 8 --rounds 2 --max-new-tokens 8192          # rank parts, merged by rank 0 at the end
     python polish.py merge --data deepscaler.json --out polished.jsonl   # merge the parts by hand
     python polish.py ... --guided-rounds 2                    # up to 2 guided rounds (--no-guided: none)
+    python polish.py ... --guided-solution                    # the guided prompt carries the solution too
     python data.py stats polished.jsonl --model DIR           # coverage by method, lengths, pass rates
 
 Every problem of --data (data.load_problems, deduplicated) gets --samples chains of thought
@@ -20,16 +21,30 @@ tokens: 2,048). A problem with no accepted chain is sampled again in the next ca
 default, 1,024) is not sampled and has no output row: it is listed at the start and counted
 (none within the budget: an error).
 
-Guided pass (on by default; --no-guided switches it off): a problem with no accepted free chain
-after --rounds is sampled again, K chains a round for up to --guided-rounds rounds, with
-GUIDED_PROMPT: the problem, its reference answer and (when it has one) its original solution,
-and the request for a complete exploratory derivation written as if solving from scratch. The
-dataset card wants a long chain for every problem, and 82% of DeepScaleR's solutions are empty.
-A guided chain is accepted by the free rules plus the leak check (LEAK_PHRASES: a chain that
-says it was given the answer or a solution is rejected, and counted). Guided samples never
-count towards samples, correct or pass_rate: those stay the free pass's, which train.py filters
-on. A problem whose guided prompt is over --prompt-budget even without the solution gets no
-guided pass. A problem with no accepted chain at the end keeps its solution (method "none").
+Guided pass (on by default; --no-guided switches it off; guided.py): a problem with no accepted
+free chain after --rounds is sampled again, K chains a round for up to --guided-rounds rounds,
+with guided.GUIDED_PROMPT: the problem, its reference answer (with --guided-solution also its
+original solution, when it has one), and the request for a complete exploratory derivation
+written as if solving from scratch. The dataset card wants a long chain for every problem, and
+82% of DeepScaleR's solutions are empty. A guided chain is accepted by the free rules plus two
+checks, each rejection counted: the leak check (a chain that says it was given the answer or a
+solution) and the copy check (a chain with 35% or more of its reasoning's word 6-grams from the
+original solution; guided.py says why that measure and threshold). Guided samples never count
+towards samples, correct or pass_rate: those stay the free pass's, which train.py filters on. A
+problem whose guided prompt is over --prompt-budget even without the solution gets no guided
+pass. A problem with no accepted chain at the end keeps its solution (method "none"). One line
+says when the free pass is over (how many problems it covered, how many enter the guided pass),
+one when the guided pass is.
+
+Measured, to choose the copy check's threshold and the guided prompt (2-core CPU VM, torch
+2.13.0+cpu; Qwen2.5-Coder-0.5B-Instruct, ChatML; the first 16 DeepScaleR problems; 512 new
+tokens, T 0.6, top-p 0.95, floor 128). Free chains (12, of 3 problems): 0% to 24% of their word
+6-grams from the solution, median 5%. Guided chains, 2 per problem for all 16 problems:
+  prompt with the solution: 12 of 32 correct, 10 acceptable (7 problems), sharing 16%, 34%,
+    then 54% to 85%; median over all 32 chains 71%, max 95%. The copy check keeps 2 (2 problems);
+  the answer alone: 9 of 32 correct, 9 acceptable (9 problems), sharing 0% to 19%; median over
+    all 32 chains 1%. The copy check keeps all 9.
+So the answer alone covers more problems with the model's own derivations, and is the default.
 
 Selection rule: of the accepted chains, the one with the most reconsideration markers (MARKERS:
 wait, hmm, alternatively, double-check, verify, let me check, ...) per 1,000 tokens of the
@@ -38,30 +53,36 @@ not count, so that a long chain is not preferred for length alone, while the flo
 summary-style chains out. The summary prints the rule's effect: markers/1k and length of the
 chosen chains against the mean over all accepted chains (what a random pick would give), and
 (data.polish_report, shared with `data.py stats`) coverage by method, the chosen chains' lengths
-by method against the floor, and the guided chains the leak check rejected.
+by method against the floor, and the guided chains the leak and copy checks rejected.
 
 Output: one row per problem, in input order: the input fields, `solution` = the chosen chain as
 the model wrote it after the template's "<think>\\n" (reasoning, </think>, answer; no eos),
 `original_solution` = the input's solution (kept from the input if it already has one), and
-`polish` = a PolishMeta (below: 22 fields, id .. leaked; `method` says how the chain was
+`polish` = a PolishMeta (below: 23 fields, id .. copied; `method` says how the chain was
 obtained: free | guided | none). Unpolished rows keep `solution` as it was. train.py keeps
 problems with pass_rate_min < pass_rate < pass_rate_max. Rows of older versions (no method) read
-as free when polished, else none.
+as free when polished, else none; without `copied`, data.py stats says the copy check never ran.
 
 Failing fast: every flag is checked (ranges, combinations, paths) before anything is read, and
 the tokenizer, config.json, chat template, prompt budget and KV budget before the weights are
 loaded. Bad input or model files, and a model whose logits are not finite (NaN weights), end
 the run with one line naming the file or folder (data.clean_exit; DEBUG=1: the traceback).
 
-Crash safety: each rank appends finished rows to OUT-stem.rankR-of-W.jsonl, one os.write per row
-(fsync at the end of every generate call, and at least once a minute while rows are written). A restart reads OUT and
-every part (any world size), skips problems that have a row, and cuts a torn last line off its
-own part. A problem that enters the guided pass also gets a `pending` line (its Tally, no
-chains) after its free rounds and after each guided round without an accepted chain, so a
-restart resumes its guided rounds where they stopped; its row, once written, supersedes them.
-A kill loses only the rounds in flight; Ctrl-C says so in one line (exit 130). A restart with
---no-guided or fewer --guided-rounds writes such a problem's row at once (method none).
-Rank 0 merges OUT atomically (tmp + rename) once every problem has a row, and removes the parts.
+Crash safety (the files are parts.py's): each rank appends finished rows to
+OUT-stem.rankR-of-W.jsonl, one os.write per row (fsync at the end of every generate call, and
+at least once a minute while rows are written). A restart reads OUT and every part (any world
+size), skips problems that have a row, and cuts a torn last line off its own part. A problem
+that enters the guided pass also gets a `pending` line (its Tally, no chains) after its free
+rounds and after each guided round without an accepted chain, so a restart resumes its guided
+rounds where they stopped; its row, once written, supersedes them. A kill loses only the
+rounds in flight; Ctrl-C and SIGTERM say so in one line (exit 130, 143). A restart with
+--no-guided or fewer --guided-rounds writes such a problem's row at once (method none). Rank 0
+merges OUT atomically (tmp + rename) once every problem has a row, and removes the parts.
+
+Progress: one line, rewritten in place on a terminal (every 30 s in a log); its ETA is the
+generate call's (common.SamplingEta: decode steps and expected reply lengths, not finished
+rows), and as long again for each further call's worth of queued problems.
+
 Left out: grading in the background while decoding (grading is sequential and reported), a
 prefix cache across a problem's rounds, length-balanced sharding across ranks, a guided pass
 for the unpolished rows of an earlier output (its rows are done; rerun from the input instead),
@@ -81,11 +102,15 @@ from typing import NamedTuple
 import torch
 import torch.distributed as dist
 
-from common import add_config_flags, bound_problem, lock_output, start_distributed, stop_distributed
+import precision
+from common import (SamplingEta, add_config_flags, bound_problem, lock_output, minutes, start_distributed,
+                    stop_distributed)
 from data import (TEMPLATES, THINK_CHOICES, DataError, Tokenizer, clean_exit, dedupe, load_problems, load_records,
                   polish_report, reference_answers, requires_think, shard)
+from guided import copies, guided_prompts, leaks, original_solution
 from model import ModelConfig, ModelFileError, Transformer, read_config
-from sample import default_kv_budget, generate, kv_budget_of, kv_budget_problem
+from parts import merge, part_path, read_outputs
+from sample import default_kv_budget, generate, kv_budget_of, kv_budget_problem, read_tokenizer, stop_ids
 from verify import grade_batch, reward_of, workers_problem
 
 
@@ -105,6 +130,8 @@ class Config:
     seed: int = 0                # sampling seed; each call derives its own from it, its first problem and round
     workers: int = 4             # sympy grading processes (verify.grade_batch)
     template: str = ""           # chat template, deepseek-r1 or chatml; empty: the checkpoint's own
+    system: str | None = None    # system text of the chat template; default: the checkpoint's own; "" for none
+    precision: str = "auto"      # the sampler's dtype: bf16 | fp16 | fp32; auto: bf16 on GPU, fp32 on CPU
     think: str = "auto"          # require </think> for a correct chain: yes | no | auto (R1 template)
     kv_gib: float = 0.0          # KV cache budget in GiB; 0: the sampler's default (60% of unused GPU memory)
     max_rows: int = 0            # cap on sequences decoded together; 0: as many as the KV budget holds
@@ -112,6 +139,7 @@ class Config:
     skip_bad: bool = False       # drop input rows without problem or answer (listed) instead of stopping
     guided: bool = True          # guided pass: sample problems with no accepted free chain given their answer
     guided_rounds: int = 1       # guided rounds in all for a problem (K samples each); see GUIDED_PROMPT
+    guided_solution: bool = False    # guided prompt carries the original solution too (not only the answer)
 
 
 @dataclass
@@ -142,6 +170,8 @@ class PolishMeta:
     guided_samples: int = 0  # guided chains sampled (never part of samples, correct or pass_rate)
     guided_correct: int = 0  # of those, the ones with the right answer (and </think> if required)
     leaked: int = 0          # guided chains otherwise acceptable but rejected by the leak check
+    copied: int = 0          # guided chains otherwise acceptable (no leak) but rejected by the copy check;
+                             # rows of older versions have no such field: the check did not run
 
 
 class Candidate(NamedTuple):
@@ -163,6 +193,7 @@ class Tally:
     guided_samples: int = 0  # guided chains sampled
     guided_correct: int = 0  # of those, the rewarded ones
     leaked: int = 0          # guided chains rejected by the leak check alone
+    copied: int = 0          # guided chains rejected by the copy check alone (not leaking)
     accepted: list = field(default_factory=list)     # Candidate of every accepted chain of the current pass
 
 
@@ -171,6 +202,20 @@ class Job(NamedTuple):
     p: int                   # index into recs
     rnd: int                 # round of the pass, from 1
     guided: bool             # the guided pass (GUIDED_PROMPT) rather than the free one
+
+
+@dataclass
+class Passes:
+    """Where one rank's problems stand between the two passes, for the line that ends each pass."""
+    free: set = field(default_factory=set)      # problems still in their free rounds
+    guided: set = field(default_factory=set)    # problems in the guided pass whose row is not written
+    free_total: int = 0      # problems that started the free pass in this run
+    free_accepted: int = 0   # of those, the ones with an accepted free chain
+    entered: int = 0         # problems that entered the guided pass from this run's free pass
+    guided_total: int = 0    # problems that entered the guided pass, resumed ones included
+    guided_accepted: int = 0     # of those, the ones with an accepted guided chain
+    leaked: int = 0          # their chains rejected by the leak check
+    copied: int = 0          # their chains rejected by the copy check
 
 
 @dataclass
@@ -190,33 +235,6 @@ MARKERS = re.compile(r"\b(?:wait|hmm+|alternatively|double[- ]?check(?:ing|ed)?|
                      r"verify(?:ing)?|verification|let me (?:check|see|confirm|think again|re-?examine|"
                      r"reconsider)|on second thought|hold on|but actually|re-?examin(?:e|ing)|"
                      r"reconsider(?:ing)?|mistake|another (?:way|approach))\b", re.IGNORECASE)
-# The guided pass's user turn (then the chat template, as for the free prompt). The answer comes
-# first and the solution after it, so that a solution cut for --prompt-budget leaves the answer;
-# the last sentence is DeepScaleR's own, so the chain ends the way train.py's reward reads it.
-GUIDED_PROMPT = ("{problem}\n\nThe correct final answer is {answer}.{solution}\n\nSolve the problem from "
-                 "scratch, as if you had not been told the answer: explore, try approaches, check each step "
-                 "and reconsider where you are unsure, until your own complete derivation reaches this "
-                 "answer. Never mention that the answer or a solution was given to you. Let's think step "
-                 "by step and output the final answer within \\boxed{{}}.")
-GUIDED_SOLUTION = "\n\nA reference solution, for you alone:\n{solution}"
-
-# Phrases with which a guided chain gives away that it was handed the answer or a solution: such
-# a chain teaches the model to expect a hint, so it is rejected. "given answer choices" is a
-# multiple-choice problem's own wording, hence the lookaheads; tests pin positive and negative
-# examples of every phrase.
-NOT_CHOICES = r"(?!\s+(?:choices?|options?)\b)"
-LEAK_PHRASES = (
-    r"\b(?:given|provided|reference|expected|supplied|target) (?:final )?(?:answer|solution)s?\b" + NOT_CHOICES,
-    r"\boriginal solution\b",
-    r"\b(?:answer|solution) (?:we were|we are|we're|I was|I am|I'm|I've been|we've been) "
-    r"(?:given|told|shown|provided)\b",
-    r"\b(?:we|I)(?: are| am| were| was|'re|'m| have been|'ve been)? (?:told|given) (?:that )?the "
-    r"(?:final |correct )?answer\b" + NOT_CHOICES,
-    r"\bthe (?:answer|solution) (?:is |was )?(?:given|provided|supplied)(?! by\b)"
-    r"(?: (?:to (?:me|us)|above|earlier|in the (?:prompt|problem|question)))?\b" + NOT_CHOICES,
-    r"\b(?:work|working|reason|reasoning) backwards? from the (?:known |final )?answer\b",
-)
-LEAK = re.compile("|".join(f"(?:{p})" for p in LEAK_PHRASES), re.IGNORECASE)
 PROGRESS_S = (0.5, 30.0)         # seconds between progress updates: on a terminal, in a log
 LISTED = 20                      # dropped problems listed by name at the start; the rest are counted
 
@@ -246,37 +264,11 @@ def problem_id(index: int, problem: str) -> str:
     return f"{index}-{hashlib.sha1(problem.encode()).hexdigest()[:10]}"
 
 
-def leaks(text: str) -> bool:
-    """Does the chain refer to having been given the answer or a solution (LEAK_PHRASES)?"""
-    return LEAK.search(text) is not None
-
-
-def original_solution(rec: dict) -> str:
-    """The input's own solution: `original_solution` when the input is an earlier output (its
-    `solution` may be a chain by then), else `solution`."""
-    return rec["original_solution"] if "original_solution" in rec else rec["solution"]
-
-
-def guided_text(rec: dict, with_solution: bool = True) -> str:
-    """The guided pass's user turn for a record (before the chat template)."""
-    sol = original_solution(rec).strip() if with_solution else ""
-    return GUIDED_PROMPT.format(problem=rec["problem"], answer=rec["answer"],
-                                solution=GUIDED_SOLUTION.format(solution=sol) if sol else "")
-
-
-def guided_ids(tok, rec: dict, template: str | None, budget: int) -> list | None:
-    """Token ids of the guided prompt; without the solution when it would be over budget; None
-    when even that is (the problem then gets no guided pass)."""
-    for with_solution in (True, False):
-        ids = tok.encode_chat(guided_text(rec, with_solution), template)
-        if len(ids) <= budget:
-            return ids
-    return None
-
-
-def tally_samples(tally: Tally, texts, lengths, fins, grades, think: bool, floor: int, guided: bool = False) -> None:
-    """Add one round's graded samples of a problem to its tally: to the free counts, or to the
-    guided ones (where an otherwise acceptable chain that leaks is counted, not accepted)."""
+def tally_samples(tally: Tally, texts, lengths, fins, grades, think: bool, floor: int, rec: dict | None = None) -> None:
+    """Add one round's graded samples of a problem to its tally: to the free counts, or, given
+    the problem's record `rec`, to the guided ones (where an otherwise acceptable chain that leaks,
+    or copies rec's solution, is counted, not accepted)."""
+    guided = rec is not None
     for x, n, fin, c in zip(texts, lengths, fins, grades):
         c = bool(reward_of(c, x, think))            # train.py's reward: no </think>, no credit
         if guided:
@@ -288,6 +280,9 @@ def tally_samples(tally: Tally, texts, lengths, fins, grades, think: bool, floor
         if c and fin == "stop" and n >= floor:
             if guided and leaks(x):
                 tally.leaked += 1
+                continue
+            if guided and copies(x, rec):
+                tally.copied += 1
                 continue
             tally.accepted.append(Candidate(score(x, n), n, x))
 
@@ -316,104 +311,13 @@ def output_row(rec: dict, pid: str, tally: Tally, floor: int, cfg: Config, guide
         rounds=tally.rounds, min_tokens=floor, max_new_tokens=cfg.max_new_tokens,
         temperature=cfg.temperature, top_p=cfg.top_p, model=cfg.model, seed=cfg.seed, method=method,
         guided_rounds=tally.guided_rounds, guided_samples=tally.guided_samples,
-        guided_correct=tally.guided_correct, leaked=tally.leaked)
+        guided_correct=tally.guided_correct, leaked=tally.leaked, copied=tally.copied)
     row = dict(rec)
     row["original_solution"] = original_solution(rec)
     if best:
         row["solution"] = best.text
     row["polish"] = asdict(meta)
     return row
-
-
-# ----------------------------------------------------------------------------- files
-
-def part_path(out: str, rank: int, world: int) -> str:
-    stem, ext = os.path.splitext(out)
-    return f"{stem}.rank{rank}-of-{world}{ext or '.jsonl'}"
-
-
-def part_files(out: str) -> list[str]:
-    """Every rank part of OUT, of any world size."""
-    folder, (stem, ext) = os.path.dirname(out) or ".", os.path.splitext(os.path.basename(out))
-    pat = re.compile(re.escape(stem) + r"\.rank\d+-of-\d+" + re.escape(ext or ".jsonl") + r"\Z")
-    return sorted(os.path.join(folder, f) for f in os.listdir(folder) if pat.match(f)) \
-        if os.path.isdir(folder) else []
-
-
-def line_id(line: dict):
-    """The problem id of a part-file line: a row's polish.id or a pending line's id; None if neither."""
-    meta = line.get("polish") or line.get("pending") or {}
-    return meta.get("id") if isinstance(meta, dict) else None
-
-
-def read_rows(path: str, repair: bool = False) -> list[dict]:
-    """Lines of a file polish.py wrote: rows, and (in parts) pending lines. A torn last line (no
-    newline, or not JSON) is dropped, and with repair cut off the file; a bad line anywhere else
-    is a DataError naming file:line."""
-    if not os.path.exists(path):
-        return []
-    with open(path, "rb") as f:
-        lines = f.read().split(b"\n")
-    torn, rows, good = lines.pop(), [], 0        # torn == b"" when the file ends with a newline
-    for i, line in enumerate(lines):
-        try:
-            row = json.loads(line)
-            if not isinstance(row, dict) or not isinstance(line_id(row), str):
-                raise ValueError
-        except ValueError:
-            if i == len(lines) - 1 and not torn:     # a last line of garbage (e.g. NULs after a crash)
-                torn = line
-                break
-            raise DataError(f"{path}:{i + 1}: not a polish.py row: {line[:80]!r}") from None
-        rows.append(row)
-        good += len(line) + 1
-    if torn:
-        print(f"{path}: dropping a torn last line ({len(torn)} bytes)", file=sys.stderr)
-        if repair:
-            os.truncate(path, good)
-    return rows
-
-
-def read_outputs(out: str, known: set, own: str | None = None) -> tuple[dict, dict]:
-    """Over OUT and every part (any world size): id -> finished row, and id -> the Tally of the
-    furthest pending line of each problem without a row. `own` (this rank's part) is repaired."""
-    rows, pending = {}, {}
-    for path in [out] + part_files(out):
-        for r in read_rows(path, repair=path == own):
-            pid = line_id(r)
-            if pid not in known:
-                raise DataError(f"{path}: row {pid!r} matches no problem of --data; "
-                                "was it made from another file? Move it away or choose another --out")
-            if "polish" in r:
-                rows.setdefault(pid, r)
-                continue
-            try:
-                tally = Tally(**{k: v for k, v in r["pending"].items() if k != "id"})
-            except TypeError:
-                raise DataError(f"{path}: pending line of {pid!r} is not one polish.py wrote: "
-                                f"{sorted(r['pending'])}") from None
-            if pid not in pending or tally.guided_rounds > pending[pid].guided_rounds:
-                pending[pid] = tally
-    return rows, {pid: t for pid, t in pending.items() if pid not in rows}
-
-
-def merge(out: str, ids: list, dropped: set = frozenset(), hint: str = "") -> list[dict]:
-    """All rows in input order, written to OUT atomically once every problem has one (the
-    `dropped` ones, over the prompt budget, need none); parts removed."""
-    got, _ = read_outputs(out, set(ids))           # id -> row; pending lines do not count here
-    missing = [i for i in ids if i not in got and i not in dropped]
-    if missing:
-        raise fail(f"{out}: {len(missing)} of {len(ids)} problems have no row yet (first: {missing[0]})"
-                   f"{hint}; run polish.py again with the same flags to finish them")
-    rows = [got[i] for i in ids if i in got]
-    with open(out + ".tmp", "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(out + ".tmp", out)
-    for p in part_files(out):
-        os.remove(p)
-    return rows
 
 
 # ----------------------------------------------------------------------------- polishing
@@ -462,11 +366,15 @@ class Polisher:
         self.guided = guided          # problem -> guided prompt ids (None: over budget); {} with --no-guided
         self.cfg, self.floor, self.part, self.show = cfg, floor, part, show
         self.think = requires_think(cfg.think, cfg.template or tok.chat_template)
+        self.stops = stop_ids(tok, model.config.eos_token_id, cfg.model, cfg.template or None)
+        self.eta = None               # the generate call's time left (common.SamplingEta), with the call
+        self.call_t0 = 0.0            # when the generate call in progress began
         self.queue = deque()          # problems not sampled yet (indices into recs)
         self.retry = []               # Job of each problem due another round (free or guided), for the next call
         self.tallies = {}             # problem -> Tally, from its first graded round to its row
         self.call = None              # the generate call in progress
         self.stats = RunStats()
+        self.passes = Passes()
         self.fd = -1                  # the part file, opened for appending
         self.synced = time.time()     # last fsync of the part file
         self.total = 0                # problems this run
@@ -478,6 +386,7 @@ class Polisher:
         `pending`: problem -> Tally of those an earlier run left between guided rounds."""
         self.queue.extend(p for p in todo if p not in pending)
         self.total = len(todo)
+        self.passes.free, self.passes.free_total = set(self.queue), len(self.queue)
         self.fd = os.open(self.part, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         finished = False
         try:
@@ -486,6 +395,8 @@ class Polisher:
                 self.tallies[p] = tally
                 if self.guided_left(p, tally):
                     self.retry.append(Job(p, tally.guided_rounds + 1, True))
+                    self.passes.guided.add(p)
+                    self.passes.guided_total += 1
                 else:                     # --no-guided or fewer --guided-rounds this time: done
                     self.write_row(p, tally, guided=True)
             while self.queue or self.retry:
@@ -521,7 +432,8 @@ class Polisher:
         seed = call_seed(cfg.seed, first.p, first.rnd, first.guided)
         g0 = time.perf_counter()
         try:
-            generate(self.model, prompts, n=cfg.samples,
+            self.eta, self.call_t0 = SamplingEta(len(prompts) * cfg.samples, cfg.max_new_tokens), time.perf_counter()
+            generate(self.model, prompts, n=cfg.samples, stop_ids=self.stops,
                      max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                      seed=seed, max_rows=cfg.max_rows or None,
                      kv_budget=kv_budget_of(cfg.kv_gib), cuda_graphs=cfg.cuda_graphs,
@@ -537,6 +449,7 @@ class Polisher:
         """generate's callback: new tokens of sequence seq, and its finish reason when it ends."""
         c0 = time.perf_counter()
         self.stats.tokens += len(new)
+        self.eta(seq, new, fin)
         j = self.call.add(seq, new, fin)
         if j is not None:                 # all K samples of the call's problem j are back
             self.finish(self.call.problems[j], *self.call.take(j, self.tok))
@@ -551,7 +464,7 @@ class Polisher:
         grades = grade_batch([(x, ref) for x in texts], workers=self.cfg.workers, problem=rec["problem"])
         self.stats.grade += time.perf_counter() - g0
         tally = self.tallies.setdefault(p, Tally())
-        tally_samples(tally, texts, lengths, fins, grades, self.think, self.floor, guided=job.guided)
+        tally_samples(tally, texts, lengths, fins, grades, self.think, self.floor, rec if job.guided else None)
         if job.guided:
             tally.guided_rounds = rnd
             self.next_guided(p, tally)
@@ -560,11 +473,47 @@ class Polisher:
         if not tally.accepted and rnd < self.cfg.rounds:
             self.retry.append(Job(p, rnd + 1, False))
             return
-        if not tally.accepted and self.guided.get(p) is not None:
+        to_guided = not tally.accepted and self.guided.get(p) is not None
+        self.free_over(p, bool(tally.accepted), to_guided)
+        if to_guided:
             self.write(pending_line(self.ids[p], tally))     # the free rounds survive a kill from here on
             self.retry.append(Job(p, 1, True))
             return
         self.write_row(p, tally, guided=False)
+
+    def free_over(self, p: int, accepted: bool, to_guided: bool) -> None:
+        """Problem p's free rounds are over; once they are over for every problem, one line says
+        how the free pass went and how many problems the guided pass takes (it may run for long)."""
+        c = self.passes
+        c.free.discard(p)
+        c.free_accepted += accepted
+        if to_guided:
+            c.guided.add(p)
+            c.guided_total += 1
+            c.entered += 1
+        if c.free:
+            return
+        line = f"polish: free pass done: {c.free_accepted} of {c.free_total} accepted; {c.entered} problems " \
+               "enter the guided pass"
+        rest = c.free_total - c.free_accepted - c.entered
+        if rest:
+            why = "guided prompt over --prompt-budget" if self.cfg.guided else "--no-guided"
+            line += f", {rest} keep their solution ({why})"
+        self.say(line)
+
+    def guided_over(self, p: int, tally: Tally, polished: bool) -> None:
+        """Problem p's guided rounds are over; once every problem's passes are, one line says how
+        the guided pass went."""
+        c = self.passes
+        if p not in c.guided:         # a resumed problem with no guided round left this time
+            return
+        c.guided.remove(p)
+        c.guided_accepted += polished
+        c.leaked += tally.leaked
+        c.copied += tally.copied
+        if not c.free and not c.guided:
+            self.say(f"polish: guided pass done: {c.guided_accepted} of {c.guided_total} accepted; leak check "
+                     f"rejected {c.leaked} chains, copy check {c.copied}")
 
     def guided_left(self, p: int, tally: Tally) -> bool:
         """Is a guided round due: the pass is on, the prompt fits, rounds remain?"""
@@ -586,6 +535,8 @@ class Polisher:
         self.write(row)
         self.stats.done += 1
         self.stats.accepted += row["polish"]["polished"]
+        if guided:
+            self.guided_over(p, tally, row["polish"]["polished"])
 
     def write(self, row: dict) -> None:
         """Append one row with one os.write (a short write continues), so a kill tears at most
@@ -601,18 +552,33 @@ class Polisher:
         os.fsync(self.fd)
         self.synced = time.time()
 
+    def say(self, line: str) -> None:
+        """A line of its own on rank 0; on a terminal it replaces the progress line (the next
+        update draws that again below it)."""
+        if self.show:
+            print("\r" + line.ljust(79) if self.tty else line, file=sys.stderr, flush=True)
+
     def progress(self, final: bool = False) -> None:
         """A progress line on rank 0: rewritten in place on a terminal, every 30 s in a log."""
         now = time.perf_counter()
         if not self.show or not final and now - self.last_shown < PROGRESS_S[not self.tty]:
             return
         self.last_shown, elapsed, d = now, now - self.t0, self.stats.done
-        eta = f"{elapsed * (self.total - d) / d / 60:.1f} min" if d else "?"
         line = (f"polish: {d}/{self.total} problems, {self.stats.accepted / max(d, 1):.0%} accepted, "
-                f"{self.stats.tokens / max(elapsed, 1e-9):,.0f} tok/s, ETA {eta}")
+                f"{self.stats.tokens / max(elapsed, 1e-9):,.0f} tok/s, ETA {minutes(self.time_left())}")
         print("\r" + line.ljust(79) if self.tty else line, end="\n" if final or not self.tty else "",
               file=sys.stderr, flush=True)
 
+
+    def time_left(self) -> float | None:
+        """Seconds left: the generate call's (common.SamplingEta), and as long again for every
+        further call's worth of problems still queued (rounds that failures will add are not
+        foreseen). None before the first call has tokens."""
+        left = self.eta.seconds_left() if self.eta else None
+        if left is None or not self.call:
+            return left
+        calls_after = (len(self.queue) + len(self.retry)) / max(len(self.call.problems), 1)
+        return left + calls_after * (left + time.perf_counter() - self.call_t0)
 
 def polish(model, tok, recs, ids, prompts, guided, todo, pending, cfg, floor, part, show) -> RunStats:
     """Polish problems `todo` (indices into recs), appending each finished row to `part`."""
@@ -677,6 +643,8 @@ def flag_problem(cfg: Config, merge_only: bool) -> str:
         return f"--think must be one of {', '.join(THINK_CHOICES)}, not {cfg.think!r}"
     if cfg.template and cfg.template not in TEMPLATES:
         return f"--template must be one of {', '.join(TEMPLATES)} (or empty: the checkpoint's), not {cfg.template!r}"
+    if cfg.precision not in precision.PRECISIONS:
+        return f"--precision must be one of {', '.join(precision.PRECISIONS)}, not {cfg.precision!r}"
     if cfg.min_tokens > cfg.max_new_tokens:
         return (f"--min-tokens {cfg.min_tokens} is over --max-new-tokens {cfg.max_new_tokens}: "
                 "no chain could be accepted")
@@ -744,7 +712,7 @@ def read_model_files(cfg: Config) -> tuple[Tokenizer, ModelConfig]:
     """The model folder's tokenizer and config.json, and a known chat template: all that the
     checks before loading the weights need."""
     try:
-        tok = Tokenizer.from_pretrained(cfg.model)
+        tok = read_tokenizer(cfg.model, "polish.py")
         tok.render_chat("", cfg.template or None)   # the checkpoint's own template must be one we know
         mcfg = read_config(cfg.model)   # the same reader as Transformer.from_pretrained (a BOM, any locale)
     except (FileNotFoundError, ValueError, KeyError) as e:
@@ -761,7 +729,8 @@ def read_problems(cfg: Config, tok: Tokenizer, show: bool) -> tuple[list, list, 
     """--data through data.load_problems: every deduplicated record (a file with no problem, or
     with no prompt within --prompt-budget, is its DataError), the records' row ids and prompt ids,
     and the indices of the problems over the budget, listed on stderr when shown."""
-    problems = load_problems(cfg.data, tok, cfg.prompt_budget, cfg.template or None, skip_bad=cfg.skip_bad)
+    problems = load_problems(cfg.data, tok, cfg.prompt_budget, cfg.template or None, skip_bad=cfg.skip_bad,
+                             system=cfg.system)
     recs, prompts = problems.records, problems.prompts
     ids = problem_ids(recs)
     kept = set(problems.where)
@@ -789,19 +758,6 @@ def check_kv_budget(mcfg: ModelConfig, longest: int, cfg: Config, dtype, what: s
                    f"--max-new-tokens {cfg.max_new_tokens}: {problem}")
 
 
-def guided_prompts(tok, recs: list, todo: list, cfg: Config, show: bool) -> dict:
-    """problem -> guided prompt ids (None when over --prompt-budget even without the solution)
-    for this rank's problems; {} with --no-guided."""
-    if not cfg.guided:
-        return {}
-    guided = {p: guided_ids(tok, recs[p], cfg.template or None, cfg.prompt_budget) for p in todo}
-    over = sum(ids is None for ids in guided.values())
-    if show and over:
-        print(f"polish: {over} problems get no guided pass: their guided prompt is over --prompt-budget "
-              f"{cfg.prompt_budget} tokens even without the solution", file=sys.stderr)
-    return guided
-
-
 def load_model(cfg: Config, device, dtype) -> Transformer:
     """The weights, in eval mode; a bad model folder is one line naming it."""
     try:
@@ -819,12 +775,12 @@ def run_polish(cfg: Config, rank: int, world: int, part: str) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(cfg.out)), exist_ok=True)
     lock = lock_output(cfg.out + ".lock", "polish.py") if rank == 0 else None   # one polish.py per --out
     try:   # to the end: the lock and the process group are let go on any exit
-        done, pending_ids = read_outputs(cfg.out, set(ids), own=part)
+        done, pending_ids = read_outputs(cfg.out, set(ids), own=part, tally=Tally)
         dropped = {ids[i] for i in over if ids[i] not in done}      # a row from an earlier run is kept
         todo = [i for i in shard(range(len(recs)), rank, world) if ids[i] not in done and i not in over]
         pending = {i: pending_ids[ids[i]] for i in todo if ids[i] in pending_ids}
         guided = guided_prompts(tok, recs, todo, cfg, show=rank == 0)
-        dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+        dtype = precision.DTYPES[precision.resolve(cfg.precision, "cuda" if torch.cuda.is_available() else "cpu")]
         check_kv_budget(mcfg, max((len(prompts[i]) for i in todo), default=0), cfg, dtype)
         check_kv_budget(mcfg, max((len(g) for g in guided.values() if g), default=0), cfg, dtype, "guided prompt")
         floor = cfg.min_tokens if cfg.min_tokens >= 0 else \

@@ -20,6 +20,7 @@ from types import SimpleNamespace
 import pytest
 
 import data
+import parts
 import polish
 import toy
 from sample import Completion
@@ -202,11 +203,11 @@ def test_torn_line_and_resume(tmp_path, monkeypatch, toy_dir):
     assert len(seen) == 3 and not part.exists()                         # only the unfinished ones
     assert out.read_text().splitlines(keepends=True) == full
     part.write_text("".join(full[:2]) + "\0" * 30 + "\n")               # garbage after a crash
-    assert polish.read_rows(str(part), repair=True) == [json.loads(x) for x in full[:2]]
+    assert parts.read_rows(str(part), repair=True) == [json.loads(x) for x in full[:2]]
     assert part.read_text() == "".join(full[:2])
     part.write_text(full[0] + "{broken\n" + full[1])                    # not the last line: an error
     with pytest.raises(data.DataError, match=r"o.rank0-of-1.jsonl:2"):
-        polish.read_rows(str(part))
+        parts.read_rows(str(part))
 
 
 def test_merge_parts_and_world_size_change(tmp_path, monkeypatch, toy_dir, capsys):
@@ -218,7 +219,7 @@ def test_merge_parts_and_world_size_change(tmp_path, monkeypatch, toy_dir, capsy
     for r in range(2):                                                  # what two ranks leave
         (tmp_path / f"o.rank{r}-of-2.jsonl").write_text("".join(reversed(full[r::2])))
     polish.main(["merge", "--data", data_path, "--out", str(out)])
-    assert out.read_text().splitlines(keepends=True) == full and not polish.part_files(str(out))
+    assert out.read_text().splitlines(keepends=True) == full and not parts.part_files(str(out))
     assert "5 problems: 5 polished" in capsys.readouterr().out
     out.unlink()
     (tmp_path / "o.rank0-of-2.jsonl").write_text("".join(full[0::2]))   # rank 1 never finished
@@ -243,7 +244,7 @@ def drive(argv):
 
 
 class StubModel:
-    config = SimpleNamespace(max_position_embeddings=1024)
+    config = SimpleNamespace(max_position_embeddings=1024, eos_token_id=[])
 
     @classmethod
     def from_pretrained(cls, *args, **kw):
@@ -253,10 +254,10 @@ class StubModel:
         return self
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill", "ctrl-c"])
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM], ids=["kill", "ctrl-c", "sigterm"])
 def test_kill_and_restart(sig, tmp_path, monkeypatch, toy_dir):
-    """Killed, or interrupted (Ctrl-C: exit 130 and one line), at any moment: the same command
-    finishes the rest."""
+    """Killed, interrupted (Ctrl-C: exit 130 and one line) or stopped by a scheduler (SIGTERM:
+    exit 143 and one line) at any moment: the same command finishes the rest."""
     data_path, recs = task(tmp_path, 10)
     out, part = tmp_path / "o.jsonl", tmp_path / "o.rank0-of-1.jsonl"
     args = ["--model", toy_dir, "--data", data_path, "--out", str(out), "--samples", "2",
@@ -271,9 +272,10 @@ def test_kill_and_restart(sig, tmp_path, monkeypatch, toy_dir):
         time.sleep(0.05)
     proc.send_signal(sig)
     err = proc.communicate()[1]
-    if sig == signal.SIGINT:
-        assert proc.returncode == 130 and "Traceback" not in err
-        assert err.splitlines()[-1].startswith(f"polish.py: interrupted: the rows finished so far are kept in {part}")
+    if sig != signal.SIGKILL:
+        how = "interrupted" if sig == signal.SIGINT else "stopped by SIGTERM"
+        assert proc.returncode == 128 + sig and "Traceback" not in err
+        assert err.splitlines()[-1].startswith(f"polish.py: {how}: the rows finished so far are kept in {part}")
     text = part.read_text()
     lines = text.splitlines()
     assert 3 <= len(lines) < 10 and not out.exists()
