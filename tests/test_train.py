@@ -56,14 +56,14 @@ TINY = ["--prompts-per-step", "8", "--samples", "4", "--ctx", "16", "--temperatu
         "--no-grad-ckpt", "--eval-every", "0", "--save-every", "1", "--show-every", "100"]
 
 
-def test_resume_is_exact(tmp_path):
+def test_resume_is_exact(tmp_path, train_cli):
     """2 steps straight == 1 step, then --resume auto for 1 more: identical weights, optimizer state
     and metrics. The weights move at step 2 and KL is positive at step 1, so a resume that loses
     the optimizer state, the data position or the reference model gives a different step 2."""
     from safetensors.torch import load_file
 
     def train_py(*args):
-        r = run([sys.executable, str(REPO / "train.py"), *TINY, "--keep", "1", *args], tmp_path)
+        r = train_cli(tmp_path, *TINY, "--keep", "1", *args)
         assert r.returncode == 0, r.stderr[-3000:]
         return r
 
@@ -140,11 +140,11 @@ def test_bad_flags_are_explained(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
-def test_bad_data_is_explained(tmp_path):
+def test_bad_data_is_explained(tmp_path, train_cli):
     import toy
     toy.build_model_dir(str(tmp_path / "m"))
     (tmp_path / "d.jsonl").write_text('{"problem": "1+1?", "answer": "2"}\n{"problem": "x"}\n')
-    r = run([sys.executable, str(REPO / "train.py"), "--model", "m", "--data", "d.jsonl"], tmp_path)
+    r = train_cli(tmp_path, "--model", "m", "--data", "d.jsonl")
     assert r.returncode != 0 and "d.jsonl:2: field 'answer' is missing" in r.stderr
     assert "Traceback" not in r.stderr
 
@@ -183,11 +183,11 @@ def test_data_order_visits_each_epoch_once_in_uneven_steps():
     assert take(recs, 7, 8, 14) == seen[8:22]   # a step longer than an epoch
 
 
-def test_resume_drops_the_metrics_rows_past_its_checkpoint(tmp_path):
+def test_resume_drops_the_metrics_rows_past_its_checkpoint(tmp_path, train_cli):
     """A run killed after writing step 2's row but before its checkpoint, resumed from step 1:
     metrics.jsonl holds steps [1, 2], one row each, and step 2's row is the resumed run's."""
     def train_py(*args):
-        r = run([sys.executable, str(REPO / "train.py"), *TINY, "--sft-steps", "0", "--out", "b", *args], tmp_path)
+        r = train_cli(tmp_path, *TINY, "--sft-steps", "0", "--out", "b", *args)
         assert r.returncode == 0, r.stderr[-3000:]
 
     train_py("--steps", "1")
@@ -199,7 +199,7 @@ def test_resume_drops_the_metrics_rows_past_its_checkpoint(tmp_path):
     assert [r["step"] for r in rows] == [1, 2] and rows[1]["reward"] >= 0
 
 
-def test_fresh_run_into_a_used_folder_is_refused(tmp_path):
+def test_fresh_run_into_a_used_folder_is_refused(tmp_path, train_cli):
     """Without --resume, a folder holding metrics or checkpoints stops the run before any model is
     loaded, naming --resume and --out; the toy's set-up files alone (a run killed in its warm-up)
     do not."""
@@ -213,11 +213,10 @@ def test_fresh_run_into_a_used_folder_is_refused(tmp_path):
             (out / used).write_text('{"step": 1}\n')
         else:
             (out / used).mkdir()
-        r = run([sys.executable, str(REPO / "train.py"), *TINY, "--out", str(out)], tmp_path)
+        r = train_cli(tmp_path, *TINY, "--out", out)
         assert r.returncode != 0 and "--resume" in r.stderr and "fresh --out" in r.stderr, r.stderr[-3000:]
         assert "Traceback" not in r.stderr and "params" not in r.stdout   # no model was loaded
-    r = run([sys.executable, str(REPO / "train.py"), *TINY, "--sft-steps", "0", "--steps", "1", "--out", "toy"],
-            tmp_path)
+    r = train_cli(tmp_path, *TINY, "--sft-steps", "0", "--steps", "1", "--out", "toy")
     assert r.returncode == 0, r.stderr[-3000:]
 
 

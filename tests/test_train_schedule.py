@@ -4,8 +4,6 @@ named or refused, the plot marks the switches."""
 import copy
 import json
 import os
-import subprocess
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -78,11 +76,14 @@ def test_a_switch_resets_reference_and_optimizer_unless_kept(keep):
     assert models.ref_step == (0 if keep else 2)
 
 
-def run_train(tmp_path, *args, ok=True):
-    r = subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=tmp_path, capture_output=True,
-                       text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert (r.returncode == 0) == ok, r.stderr[-3000:]
-    return r
+@pytest.fixture
+def run_train(train_cli):
+    """train.py in this process (conftest's train_cli), asserting that it succeeded or failed."""
+    def run(tmp_path, *args, ok=True):
+        r = train_cli(tmp_path, *args)
+        assert (r.returncode == 0) == ok, r.stderr[-3000:]
+        return r
+    return run
 
 
 def metric_rows(path):
@@ -101,7 +102,7 @@ SCHEDULED = ["--schedule", "0:16:4,2:12:2", "--prompts-per-step", "8", "--temper
 SMALL_KV = ["--kv-gib", "0.0004"]
 
 
-def test_resume_at_and_after_a_switch_is_exact(tmp_path):
+def test_resume_at_and_after_a_switch_is_exact(tmp_path, run_train):
     """4 steps straight == 2 steps + --resume auto for 2 (resuming exactly at the switch) == a's step-3
     checkpoint resumed for 1 (inside the second stage, its reference read from the checkpoint), both
     resumes under another KV budget: identical weights, AdamW state and metric rows."""
