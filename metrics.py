@@ -62,7 +62,7 @@ def gap_columns(gap: dict | None, world: int, device) -> dict:
         dist.all_reduce(most, op=dist.ReduceOp.MAX)
     n = max(1.0, tot["gap_tokens"])
     return dict(gap_mean=tot["gap_abs"] / n, gap_max=float(most), gap_kl=tot["gap_k3"] / n,
-                gap_outside=tot["gap_outside"] / n, gap_clip=tot.get("gap_clip", 0.0) / n)
+                gap_outside=tot["gap_outside"] / n, gap_clip=tot["gap_clip"] / n)
 
 
 def refuse_gap(row: dict, limit: float):

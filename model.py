@@ -200,8 +200,7 @@ class ModelConfig:
             raise ModelFileError(f"{where}: rope_scaling type {kind!r} is not implemented "
                                  "(only plain RoPE with rope_theta is)")
         theta = d.get("rope_theta", rope.get("rope_theta", 10000.0))
-        eos = d.get("eos_token_id")
-        eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+        eos = _id_list(d.get("eos_token_id"))
         dtype = d.get("torch_dtype") or d.get("dtype") or "float32"
         if dtype not in _DTYPES:
             raise ModelFileError(f"{where}: dtype {dtype!r} is not one of {sorted(_DTYPES)}")
@@ -531,6 +530,23 @@ class Transformer(nn.Module):
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def _id_list(value) -> list[int]:
+    """eos_token_id as a list: null is none, an int is one (checked by _is_ids beforehand)."""
+    return [] if value is None else [value] if isinstance(value, int) else list(value)
+
+
+def read_generation_eos(path) -> list[int]:
+    """The eos ids of a model folder's generation_config.json (what transformers' generate() stops
+    at; an int or a list), [] without the file; a malformed value is ModelFileError naming it."""
+    where = os.path.join(model_folder(path), "generation_config.json")
+    if not os.path.isfile(where):
+        return []
+    eos = read_json(where).get("eos_token_id")
+    if eos is not None and not _is_ids(eos):
+        raise ModelFileError(f"{where}: eos_token_id must be {_CONFIG_TYPES['eos_token_id'][0]}, found {_shown(eos)}")
+    return _id_list(eos)
 
 
 def read_config(path) -> ModelConfig:

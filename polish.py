@@ -552,11 +552,12 @@ class Polisher:
         os.fsync(self.fd)
         self.synced = time.time()
 
-    def say(self, line: str) -> None:
-        """A line of its own on rank 0; on a terminal it replaces the progress line (the next
-        update draws that again below it)."""
+    def say(self, line: str, in_place: bool = False) -> None:
+        """A line on rank 0's stderr. On a terminal it overwrites the progress line; in_place
+        leaves the cursor on it, so that the next progress update overwrites it in turn."""
         if self.show:
-            print("\r" + line.ljust(79) if self.tty else line, file=sys.stderr, flush=True)
+            print("\r" + line.ljust(79) if self.tty else line, end="" if in_place and self.tty else "\n",
+                  file=sys.stderr, flush=True)
 
     def progress(self, final: bool = False) -> None:
         """A progress line on rank 0: rewritten in place on a terminal, every 30 s in a log."""
@@ -564,11 +565,9 @@ class Polisher:
         if not self.show or not final and now - self.last_shown < PROGRESS_S[not self.tty]:
             return
         self.last_shown, elapsed, d = now, now - self.t0, self.stats.done
-        line = (f"polish: {d}/{self.total} problems, {self.stats.accepted / max(d, 1):.0%} accepted, "
-                f"{self.stats.tokens / max(elapsed, 1e-9):,.0f} tok/s, ETA {minutes(self.time_left())}")
-        print("\r" + line.ljust(79) if self.tty else line, end="\n" if final or not self.tty else "",
-              file=sys.stderr, flush=True)
-
+        self.say(f"polish: {d}/{self.total} problems, {self.stats.accepted / max(d, 1):.0%} accepted, "
+                 f"{self.stats.tokens / max(elapsed, 1e-9):,.0f} tok/s, ETA {minutes(self.time_left())}",
+                 in_place=not final)
 
     def time_left(self) -> float | None:
         """Seconds left: the generate call's (common.SamplingEta), and as long again for every
@@ -579,6 +578,7 @@ class Polisher:
             return left
         calls_after = (len(self.queue) + len(self.retry)) / max(len(self.call.problems), 1)
         return left + calls_after * (left + time.perf_counter() - self.call_t0)
+
 
 def polish(model, tok, recs, ids, prompts, guided, todo, pending, cfg, floor, part, show) -> RunStats:
     """Polish problems `todo` (indices into recs), appending each finished row to `part`."""

@@ -57,7 +57,7 @@ import torch
 
 from common import bound_problem, print0, start_distributed, stop_distributed
 from data import TEMPLATES, DataError, Tokenizer, clean_exit
-from model import ModelFileError, Transformer, read_config, read_json
+from model import ModelFileError, Transformer, read_config, read_generation_eos
 
 WINDOW_ROUND = 64   # attention windows are rounded up to this many slots (fewer distinct shapes)
 
@@ -733,15 +733,7 @@ def stop_ids(tok, eos: list, folder: str = "", template: str | None = None) -> l
     with. transformers stops at generation_config.json's ids; a ChatML checkpoint whose
     config.json names only <|endoftext|> would otherwise never stop at the end of its turn, and
     every reply would run to the budget, be cut off and earn nothing."""
-    ids = list(eos)
-    where = os.path.join(folder, "generation_config.json") if folder else ""
-    if where and os.path.isfile(where):
-        given = read_json(where).get("eos_token_id")
-        given = [] if given is None else [given] if isinstance(given, int) else given
-        if not isinstance(given, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in given):
-            raise ModelFileError(f"{where}: eos_token_id must be an integer or a list of integers, "
-                                 f"found {str(given)[:80]}")
-        ids += given
+    ids = list(eos) + (read_generation_eos(folder) if folder else [])
     turn_end = tok.end_of_turn(template)
     if turn_end is not None:
         ids.append(turn_end)
