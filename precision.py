@@ -16,7 +16,7 @@ mode, and so do the log-softmax and the loss (model.token_logprobs upcasts the l
 Why fp16 at all: the sampler decodes one token at a time against a KV cache while the trainer
 scores the packed sequences in one forward, and in bf16 (8 bits of mantissa) the two round
 differently enough that some tokens' ratio p_trainer / p_sampler leaves PPO's clip range before
-any update. fp16 has 11 bits, and cut that gap 8-9x on real weights (README, "What has been
+any update. fp16 has 11 bits, and cut that gap about 8x on SmolLM2-135M (README, "What has been
 measured"; Qi et al. 2025, "Defeating the Training-Inference Mismatch via FP16"). Its price is
 range: fp16 tops out at 65,504. Gradients are kept in range by scaling the loss up before
 backward and the gradients down after (a step whose scaled gradients overflow is skipped and
