@@ -26,6 +26,7 @@ import json
 import math
 import os
 import platform
+from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 
 import torch
@@ -479,17 +480,9 @@ class Transformer(nn.Module):
         """
         cfg = read_config(path)
         dtype = dtype or _DTYPES[cfg.torch_dtype]
-        device = torch.device(device or "cpu")
-        files, weights = _weight_files(os.fspath(path))
         with torch.device("meta"):
             model = cls(cfg)
-        state = {}
-        for hf_key, tensor in _read_safetensors(files, device):
-            key = hf_key.removeprefix("model.")
-            if key == "lm_head.weight" and cfg.tie_word_embeddings:
-                continue  # some tied checkpoints store a copy; the tie uses embed_tokens
-            state[key] = tensor.to(dtype)
-        _check_state(state, model, weights)
+        state = dict(read_weights(path, model, torch.device(device or "cpu"), dtype))
         if cfg.tie_word_embeddings:
             state["lm_head.weight"] = state["embed_tokens.weight"]
         model.load_state_dict(state, strict=True, assign=True)
@@ -497,18 +490,22 @@ class Transformer(nn.Module):
             model.lm_head.weight = model.embed_tokens.weight  # assign replaced the shared Parameter
         return model
 
-    def save_pretrained(self, path, max_shard_bytes: int = 5 * 2**30):
+    def save_pretrained(self, path, max_shard_bytes: int = 5 * 2**30, state_dict: dict | None = None):
         """Write config.json and safetensors (sharded with an index above max_shard_bytes).
 
-        Each file is written under a temporary name and renamed, so a crash never leaves a
-        half-written file under a real name.
+        state_dict: the weights to write, named as this model's state_dict() names them; by
+        default its own. A model sharded over ranks (fsdp.py) passes the whole tensors gathered
+        from them, as transformers' save_pretrained(state_dict=...) takes them. Each file is
+        written under a temporary name and renamed, so a crash never leaves a half-written file
+        under a real name.
         """
         from safetensors.torch import save_file
         os.makedirs(path, exist_ok=True)
+        own = self.state_dict() if state_dict is None else state_dict
         cfg = self.config.to_hf()
-        cfg["torch_dtype"] = {v: k for k, v in _DTYPES.items()}[self.embed_tokens.weight.dtype]
+        cfg["torch_dtype"] = {v: k for k, v in _DTYPES.items()}[own["embed_tokens.weight"].dtype]
         state = {("" if k == "lm_head.weight" else "model.") + k: v.detach().contiguous().cpu()
-                 for k, v in self.state_dict().items()
+                 for k, v in own.items()
                  if not (k == "lm_head.weight" and self.config.tie_word_embeddings)}
         shards, cur, size = [], {}, 0
         for k, v in state.items():
@@ -577,22 +574,55 @@ def _weight_files(path: str) -> tuple[list[str], str]:
     return [os.path.join(path, s) for s in shards], index
 
 
-def _check_state(state: dict, model: nn.Module, weights: str) -> None:
-    """Refuse tensors whose names or shapes do not fit the architecture config.json describes,
-    naming them (load_state_dict would say it in a multi-line RuntimeError)."""
+def read_weights(path, model: nn.Module, device, dtype) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield (name, tensor) of an HF folder's weights for `model` (built from its config.json, on
+    any device, the meta device included), one tensor at a time: names as model.state_dict()
+    gives them (no `model.` prefix), each tensor in dtype on device. Names and shapes are checked
+    against the model's from the files' headers before any tensor is read, a ModelFileError
+    naming the file. A tied checkpoint's stored lm_head copy is skipped (the tie uses
+    embed_tokens), so a tied model gets no lm_head.weight."""
+    files, weights = _weight_files(os.fspath(path))
+    tied = model.config.tie_word_embeddings
+
+    def ours(hf_key):
+        key = hf_key.removeprefix("model.")
+        return None if key == "lm_head.weight" and tied else key
+    shapes = {ours(k): shape for k, shape in _header_shapes(files) if ours(k)}
+    _check_state(shapes, model, weights)
+    for hf_key, tensor in _read_safetensors(files, device):
+        if ours(hf_key):
+            yield ours(hf_key), tensor.to(dtype)
+
+
+def _check_state(shapes: dict, model: nn.Module, weights: str) -> None:
+    """Refuse tensors whose names or shapes ({name: shape}) do not fit the architecture
+    config.json describes, naming them (load_state_dict would say it in a multi-line
+    RuntimeError)."""
     want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     if model.config.tie_word_embeddings:
         want.pop("lm_head.weight")
-    missing, unexpected = sorted(set(want) - set(state)), sorted(set(state) - set(want))
+    missing, unexpected = sorted(set(want) - set(shapes)), sorted(set(shapes) - set(want))
     if missing or unexpected:
         raise ModelFileError(f"{weights}: checkpoint does not match the {model.config.model_type} "
                              f"architecture: missing keys {missing[:10]}{'...' if len(missing) > 10 else ''}, "
                              f"unexpected keys {unexpected[:10]}{'...' if len(unexpected) > 10 else ''}")
-    wrong = [k for k in sorted(want) if tuple(state[k].shape) != want[k]]
+    wrong = [k for k in sorted(want) if tuple(shapes[k]) != want[k]]
     if wrong:
         k = wrong[0]
-        raise ModelFileError(f"{weights}: tensor {k} has shape {list(state[k].shape)} but config.json "
+        raise ModelFileError(f"{weights}: tensor {k} has shape {list(shapes[k])} but config.json "
                              f"implies {list(want[k])}" + (f" ({len(wrong) - 1} more differ)" if len(wrong) > 1 else ""))
+
+
+def _header_shapes(files) -> Iterator[tuple[str, tuple]]:
+    """(name, shape) of every tensor of safetensors files, from their headers alone."""
+    from safetensors import SafetensorError, safe_open
+    for fn in files:
+        try:
+            with safe_open(fn, framework="pt") as f:
+                for k in f.keys():
+                    yield k, tuple(f.get_slice(k).get_shape())
+        except (SafetensorError, OSError) as e:
+            raise ModelFileError(f"{fn}: not a readable safetensors file ({one_line(e)})") from None
 
 
 def _read_safetensors(files, device, batch_bytes=2**28):
