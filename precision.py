@@ -57,11 +57,17 @@ def autocast(device, dtype):
     return torch.autocast(torch.device(device).type, dtype=dtype)
 
 
-def loss_scaler(name: str, device) -> torch.amp.GradScaler | None:
+def loss_scaler(name: str, device, sharded: bool = False) -> torch.amp.GradScaler | None:
     """A dynamic loss scaler for fp16 (initial scale 2^16, halved on an overflow, doubled after
-    2,000 clean steps: torch's defaults); None for the other precisions, whose range needs none."""
+    2,000 clean steps: torch's defaults); None for the other precisions, whose range needs none.
+    sharded: the model is FSDP's (fsdp.py), each rank holding a slice of every gradient, so an
+    overflow in one rank's slice must skip the step on all: ShardedGradScaler all-reduces the
+    verdict (its state_dict is GradScaler's, so checkpoints resume either way)."""
     if name != "fp16":
         return None
+    if sharded:
+        from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+        return ShardedGradScaler(torch.device(device).type)
     return torch.amp.GradScaler(torch.device(device).type)
 
 

@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, fields, replace
 import torch
 import torch.distributed as dist
 
+import fsdp
 from common import enter, lock_output, print0
 from model import one_line
 from sample import default_kv_budget, kv_budget_of, kv_budget_problem
@@ -262,9 +263,12 @@ def retire(path: str):
     shutil.rmtree(trash, ignore_errors=True)
 
 
-def save_checkpoint(model, state: TrainerState, out: str, keep: int, tok_dir: str, ref=None, ref_dir="") -> str:
+def save_checkpoint(model, state: TrainerState, out: str, keep: int, tok_dir: str, ref=None, ref_dir="",
+                    weights: dict | None = None, ref_weights: dict | None = None) -> str:
     """out/checkpoints/step_N: the policy in HF format + tokenizer + trainer_state.pt (state), and
-    reference/ with `ref`'s weights when given (see save_reference).
+    reference/ with `ref`'s weights when given (see save_reference). weights, ref_weights: the
+    whole tensors of a sharded policy and reference (fsdp.full_state_dict), written in place of
+    the models' own.
 
     Ctrl-C or a crash at any line leaves every complete checkpoint complete: the new one is
     written as step_N.tmp and renamed into place whole, and the ones pruned beyond --keep (or an
@@ -279,7 +283,7 @@ def save_checkpoint(model, state: TrainerState, out: str, keep: int, tok_dir: st
         if name.endswith((".tmp", ".old")):
             shutil.rmtree(os.path.join(root, name), ignore_errors=True)
     try:
-        write_checkpoint(tmp, model, state, tok_dir, ref, ref_dir)
+        write_checkpoint(tmp, model, state, tok_dir, ref, ref_dir, weights, ref_weights)
     except (OSError, RuntimeError) as e:   # a full disk: OSError ENOSPC, or torch.save's "unexpected pos"
         shutil.rmtree(tmp, ignore_errors=True)
         last = complete_checkpoints(root)
@@ -298,11 +302,12 @@ def save_checkpoint(model, state: TrainerState, out: str, keep: int, tok_dir: st
     return final
 
 
-def write_checkpoint(tmp: str, model, state: TrainerState, tok_dir: str, ref, ref_dir: str):
+def write_checkpoint(tmp: str, model, state: TrainerState, tok_dir: str, ref, ref_dir: str, weights=None,
+                     ref_weights=None):
     """Every file of a checkpoint into the folder tmp, the manifest last."""
-    model.save_pretrained(tmp)
+    model.save_pretrained(tmp, state_dict=weights)
     if ref is not None:
-        save_reference(ref, ref_dir, os.path.join(tmp, "reference"))
+        save_reference(ref, ref_dir, os.path.join(tmp, "reference"), ref_weights)
     # the tokenizer, and what a sampler reads beside it: the chat template and the stop ids
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json"):
         if os.path.isfile(os.path.join(tok_dir, name)):
@@ -311,7 +316,7 @@ def write_checkpoint(tmp: str, model, state: TrainerState, tok_dir: str, ref, re
     write_manifest(tmp)        # last: a folder with a manifest was written in full
 
 
-def save_reference(ref, have: str, dest: str):
+def save_reference(ref, have: str, dest: str, weights: dict | None = None):
     """A later stage's KL reference (the policy at its switch) into a checkpoint, which is the only
     place a resumed run can find it once the switch's own checkpoint is pruned. Hard links to a
     folder that already holds it (the stage's previous checkpoint) keep one copy on disk however
@@ -324,21 +329,31 @@ def save_reference(ref, have: str, dest: str):
             return
         except OSError:   # another filesystem, or no hard links there: write a copy instead
             shutil.rmtree(dest, ignore_errors=True)
-    ref.save_pretrained(dest)
+    ref.save_pretrained(dest, state_dict=weights)
 
 
 def save_step(run, models, opt, step: int, data_pos: int, scaler=None):
     """Rank 0 writes checkpoints/step_N; the others wait for it (collective). Beside the policy: the
     stage and where its reference came from, a switch's reference weights (--model's are not
-    copied), and fp16's loss scale, so that a resume rebuilds the stage exactly."""
+    copied), and fp16's loss scale, so that a resume rebuilds the stage exactly. A sharded policy
+    (--shard) is first gathered whole into rank 0's memory, weights and AdamW's moments alike
+    (every rank takes part), so its checkpoint is the one an unsharded run writes; a switch's
+    reference is gathered too, even when rank 0 then hard-links the copy already on disk."""
     enter("checkpoint")
+    holds_ref = models.ref is not None and models.ref_step > 0
+    weights = ref_weights = None
+    optimizer = opt.state_dict() if run.rank == 0 else {}
+    if run.cfg.shard:
+        weights = fsdp.full_state_dict(models.policy, run.rank)
+        ref_weights = fsdp.full_state_dict(models.ref, run.rank) if holds_ref else None
+        optimizer = fsdp.full_optimizer_state(opt, run.rank)
     if run.rank == 0:
-        holds_ref = models.ref is not None and models.ref_step > 0
-        state = TrainerState(step=step, data_pos=data_pos, optimizer=opt.state_dict(), config=asdict(run.cfg),
+        state = TrainerState(step=step, data_pos=data_pos, optimizer=optimizer, config=asdict(run.cfg),
                              rng=torch.get_rng_state(), stage=run.stage, ref_step=models.ref_step,
                              kv_budget=run.kv_budget, loss_scaler=scaler.state_dict() if scaler is not None else None)
         path = save_checkpoint(models.policy, state, run.cfg.out, run.cfg.keep, run.cfg.model,
-                               ref=models.ref if holds_ref else None, ref_dir=models.ref_dir)
+                               ref=models.ref if holds_ref else None, ref_dir=models.ref_dir,
+                               weights=weights, ref_weights=ref_weights)
         if holds_ref:
             models.ref_dir = os.path.join(path, "reference")
         print0(f"saved {path}")
@@ -542,7 +557,8 @@ def fix_kv_budget(run, models, opt, state: TrainerState | None) -> int:
     if budget is None:
         budget = default_kv_budget(run.device)
         if run.device.type == "cuda" and not opt.state:   # AdamW's two fp32 moments per parameter, still to come
-            budget -= int(0.6 * 2 * sum(p.numel() * p.element_size() for p in models.policy.parameters()))
+            moments = 2 * sum(p.numel() * p.element_size() for p in models.policy.parameters())
+            budget -= int(0.6 * moments / (run.world if run.cfg.shard else 1))   # --shard: this rank's slices
     least = torch.tensor([budget], dtype=torch.int64, device=run.device)
     if run.world > 1:
         dist.all_reduce(least, op=dist.ReduceOp.MIN)

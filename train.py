@@ -38,10 +38,16 @@ of the fp32 policy and trains under bf16 autocast; fp16 does both in fp16, with 
 scaling (an overflowing step is skipped, counted in the `overflow` column, and the scale halved);
 fp32 (the CPU default) samples from the policy itself. AdamW always updates fp32 weights.
 
+Sharding: --shard (torchrun, 2+ processes) replaces DDP with FSDP2 for policies whose AdamW
+state one GPU cannot hold (7B and up): policy, gradients, AdamW's moments and the reference are
+sharded over the ranks, the sampling copy stays whole and is gathered after each update, and
+checkpoints are the same whole HF folders (fsdp.py says what changes and where; the 1.5B
+policy fits one 80 GB GPU under DDP, which stays the default).
+
 Without --model, `python train.py` builds the toy of toy.py (a 1M-parameter Qwen2, an R1-style
 tokenizer, two-digit addition), warms it up with a few supervised steps and runs GRPO, printing
-held-out accuracy before and after. Left out: FSDP/tensor parallelism (the 1.5B policy with
-AdamW fits one 80 GB GPU under DDP), a value model, multi-turn or tool rollouts.
+held-out accuracy before and after. Left out: tensor and pipeline parallelism, a value model,
+multi-turn or tool rollouts.
 """
 import argparse
 import contextlib
@@ -57,6 +63,7 @@ from dataclasses import asdict, dataclass, field, replace
 import torch
 import torch.distributed as dist
 
+import fsdp
 import grpo
 import precision
 import runfolder
@@ -70,7 +77,8 @@ from metrics import add_sums, gap_columns, gap_sums, log_line, refuse_gap, token
 from model import Transformer, read_config
 from runfolder import enter_stage, save_step
 from sample import generate, read_tokenizer, stop_ids
-from update import Rollout, Sequence, forward_logprobs, grpo_loss, optimizer_step, pack, sft_loss, train_minibatch
+from update import forward_logprobs, pack  # noqa: F401 (train.pack and train.forward_logprobs, as before update.py)
+from update import Rollout, Sequence, grpo_loss, optimizer_step, sft_loss, store_logprobs, train_minibatch
 from verify import STATS as GRADER_STATS
 from verify import grade_batch, reward_of
 
@@ -121,6 +129,7 @@ class Config:
     mask_truncated: bool = False     # overlong filtering (DAPO): leave responses cut off at --ctx out of the loss
     micro_tokens: int = 16384        # tokens per packed micro-batch
     grad_ckpt: bool = True           # activation checkpointing per layer
+    shard: bool = False              # FSDP2: shard the policy, its gradients, AdamW's state and the reference over the ranks (torchrun, 2+ processes); for policies whose AdamW state one GPU cannot hold (fsdp.py)
     precision: str = "auto"          # bf16 | fp16 (loss-scaled) | fp32: the sampling copy's dtype and the training autocast's; auto: bf16 on GPU, fp32 on CPU
     sft_steps: int = 0               # supervised warm-up steps on the records' solutions first
     sft_lr: float = 1e-5             # warm-up learning rate, decaying linearly to 0
@@ -194,10 +203,10 @@ class Run:
 @dataclass
 class Models:
     """The networks of a run. Only `policy` is optimised; the others follow it or never move."""
-    policy: Transformer        # fp32 weights AdamW updates; saved in checkpoints
-    ddp: torch.nn.Module       # the policy under DDP (the policy itself in one process): forward + backward
+    policy: Transformer        # fp32 weights AdamW updates (each rank's slices with --shard); saved in checkpoints
+    ddp: torch.nn.Module       # the policy under DDP (the policy itself in one process or sharded): forward + backward
     sampler: Transformer       # what generates: the policy itself (fp32), or a bf16/fp16 copy re-synced after each update
-    ref: Transformer | None    # the stage's first weights, for the KL term; None when --kl-coef is 0
+    ref: Transformer | None    # the stage's first weights, for the KL term (sharded with --shard); None when --kl-coef is 0
     ref_step: int = 0          # the reference is the policy after this many steps (a stage switch); 0: --model
     ref_dir: str = ""          # a folder already holding the reference's weights (hard-linked into checkpoints)
 
@@ -321,16 +330,6 @@ def store_old_and_ref_logprobs(run: Run, models: Models, rollouts: list[Rollout]
     return gap
 
 
-@torch.no_grad()
-def store_logprobs(model, rollouts: list[Rollout], field_name: str, cfg, device, amp):
-    """Store no-grad per-token log-probs of each rollout's tokens under `model`, at the sampling
-    temperature, as rollout.<field_name> ("old_logp" or "ref_logp")."""
-    for mb in pack(rollouts, cfg.micro_tokens):
-        logp = forward_logprobs(model, model, mb, cfg.temperature, device, amp, with_entropy=False)   # (N,)
-        for r, part in zip(mb, logp.split([len(r.tokens) for r in mb])):
-            setattr(r, field_name, part.float().tolist())
-
-
 def update_policy(run: Run, models: Models, opt, rollouts: list[Rollout], scaler=None) -> Update:
     """The maximisation: cfg.updates_per_step optimizer steps on GRPO's loss (the clipped surrogate
     -min(ratio * A, clip(ratio) * A), + kl_coef * KL, - entropy_coef * entropy), each on a slice
@@ -359,8 +358,12 @@ def update_policy(run: Run, models: Models, opt, rollouts: list[Rollout], scaler
 
 
 def sync_sampler(models: Models):
-    """Copy the policy's weights into the sampling copy (nothing to do when they are one module)."""
+    """Copy the policy's weights into the sampling copy (nothing to do when they are one module);
+    a sharded policy's are gathered unit by unit (collective)."""
     if models.sampler is models.policy:
+        return
+    if fsdp.is_sharded(models.policy):
+        fsdp.gather_into(models.sampler, models.policy)
         return
     with torch.no_grad():
         for a, b in zip(models.sampler.parameters(), models.policy.parameters()):
@@ -461,7 +464,7 @@ def warm_up(run: Run, models: Models, pool: list):
         raise SystemExit(f"--sft-steps {cfg.sft_steps}: no record of {cfg.data} has a solution to imitate")
     used = Counter()   # demonstrations by source over all ranks' batches (every rank draws the same batch)
     opt = torch.optim.AdamW(models.policy.parameters(), lr=cfg.sft_lr, weight_decay=0.0)
-    scaler = precision.loss_scaler(run.precision, run.device)   # fp16: the warm-up's own, dropped with its AdamW
+    scaler = precision.loss_scaler(run.precision, run.device, cfg.shard)   # fp16: the warm-up's own, dropped with its AdamW
     end = run.tok.end_of_turn(cfg.template or None)   # a demonstration ends as a reply must: the turn's end
     eos = [end] if end is not None else run.tok.eos_ids[:1]
     models.policy.train()
@@ -601,23 +604,34 @@ def usable_problems(path: str, cfg: Config, tok) -> tuple[list[dict], list[dict]
 def load_models(run: Run, src: str, ref_step: int = 0) -> Models:
     """The policy from src in fp32 (AdamW needs it), the reference (in --precision's dtype) when
     the KL term is on: --model, or src's reference/ when a stage switch after ref_step steps made
-    it; a sampling copy in bf16 or fp16 (none in fp32), and the DDP wrapper under torchrun."""
+    it; a sampling copy in bf16 or fp16 (none in fp32), and the DDP wrapper under torchrun. With
+    --shard, policy and reference are sharded over the ranks (fsdp.py) and there is always a
+    sampling copy: the sampler needs whole weights."""
     cfg, device = run.cfg, run.device
-    policy = Transformer.from_pretrained(src, device=device, dtype=torch.float32)
+    mesh = fsdp.make_mesh(device, run.world) if cfg.shard else None
+
+    def load(path, dtype):
+        if cfg.shard:
+            return fsdp.load(path, device, dtype, mesh)
+        return Transformer.from_pretrained(path, device=device, dtype=dtype)
+    policy = load(src, torch.float32)
     policy.gradient_checkpointing = cfg.grad_ckpt
     ref = None
     ref_src = os.path.join(src, "reference") if ref_step else cfg.model
     if cfg.kl_coef:
-        ref = Transformer.from_pretrained(ref_src, device=device, dtype=run.amp or torch.float32)
+        ref = load(ref_src, run.amp or torch.float32)
         ref.requires_grad_(False)
     sampler = policy
-    if run.amp or SAMPLER_COPY:
+    if cfg.shard:
+        sampler = fsdp.whole_copy(policy, run.amp or torch.float32, device)
+    elif run.amp or SAMPLER_COPY:
         sampler = copy.deepcopy(policy).to(run.amp or torch.bfloat16).requires_grad_(False)
     ddp = policy
-    if run.world > 1:
+    if run.world > 1 and not cfg.shard:
         ddp = torch.nn.parallel.DistributedDataParallel(policy, device_ids=[device.index] if device.type == "cuda"
                                                         else None)
-    print0(f"policy {policy.num_params() / 1e6:.1f}M params on {device} x {run.world}; sampling in "
+    print0(f"policy {policy.num_params() / 1e6:.1f}M params on {device} x {run.world}"
+           f"{', sharded' if cfg.shard else ''}; sampling in "
            f"{str(next(sampler.parameters()).dtype).removeprefix('torch.')}, training in {run.precision}"
            f"{' with loss scaling' if run.precision == 'fp16' else ''}; reward requires </think>: {run.require_think}")
     return Models(policy=policy, ddp=ddp, sampler=sampler, ref=ref, ref_step=ref_step,
@@ -641,7 +655,8 @@ def finish(run: Run, models: Models, before, after):
     if before is not None and after is not None:
         print0(f"held-out accuracy: before GRPO {100 * before:.1f}%, after GRPO {100 * after:.1f}%")
     if run.world > 1:
-        models.ddp = None   # DDP holds the group too: drop it so destroy_process_group joins gloo's threads
+        # DDP and FSDP modules hold the group too: drop them so destroy_process_group joins gloo's threads
+        models.ddp = models.policy = models.ref = None
         stop_distributed()
 
 
@@ -678,6 +693,8 @@ def set_up(cfg: Config, held: contextlib.ExitStack) -> tuple[Run, Models, Start]
     # --- distributed: one process per GPU under torchrun, else one process
     rank, world, device = start_distributed(timeout_s=cfg.collective_timeout_s)
     check_batch_split(cfg, world)
+    if cfg.shard and fsdp.refusal(world):
+        raise SystemExit(f"train.py: error: {fsdp.refusal(world)}")
     if rank == 0:   # one writer per run folder: <out>/.lock, held until main returns or raises
         held.enter_context(runfolder.claim(cfg.out))
     if not cfg.resume:
@@ -719,9 +736,9 @@ def set_up(cfg: Config, held: contextlib.ExitStack) -> tuple[Run, Models, Start]
         warm_up(run, models, sft_pool)
         PROGRESS.weights = f"{src} after the {cfg.sft_steps}-step warm-up"
     opt = torch.optim.AdamW(models.policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scaler = precision.loss_scaler(run.precision, device)
-    if state is not None:
-        opt.load_state_dict(state.optimizer)
+    scaler = precision.loss_scaler(run.precision, device, sharded=cfg.shard)
+    if state is not None:   # a checkpoint holds whole tensors, however it was written: --shard takes its slices
+        opt.load_state_dict(fsdp.shard_optimizer_state(state.optimizer, opt) if cfg.shard else state.optimizer)
         if scaler is not None and state.loss_scaler:   # a checkpoint of another precision has none: a fresh scale
             scaler.load_state_dict(state.loss_scaler)
     run.kv_budget = runfolder.fix_kv_budget(run, models, opt, state)

@@ -14,7 +14,9 @@ all of this back, so `train.pack`, `train.Rollout` and the rest still work.
 A module of its own because it is the one part of a run that computes gradients, and it knows
 nothing of the run folder, sampling, grading or stages: the tests drive it directly on
 hand-made sequences (tests/test_train_loop.py, tests/ddp_step.py). Floor 4: it imports grpo,
-precision and metrics, never train.
+precision, metrics and fsdp, never train. Under --shard the model is FSDP2's (fsdp.py): every
+forward is then collective, so each rank runs as many as the others, and gradients are
+reduce-scattered in every backward instead of all-reduced in the last.
 """
 import contextlib
 from dataclasses import dataclass
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+import fsdp
 import grpo
 import precision
 from metrics import METRIC_SUMS
@@ -133,39 +136,63 @@ def train_minibatch(ddp_model, model, seqs: list[Sequence], *, loss_fn, temperat
     loss scaler. Returns this rank's metric sums (METRIC_SUMS by name, unscaled; token_means
     turns them into the logged values).
 
-    Only the last backward of a rank all-reduces the gradients (the others run under no_sync), and
-    the model holds no buffers, so its forwards exchange nothing: ranks may pack different numbers
-    of micro-batches. A rank with no sequence at all still joins that one all-reduce."""
+    DDP: only the last backward of a rank all-reduces the gradients (the others run under
+    no_sync), and the model holds no buffers, so its forwards exchange nothing: ranks may pack
+    different numbers of micro-batches. A rank with no sequence at all still joins that one
+    all-reduce. FSDP (ddp_model sharded by fsdp.py): every backward reduce-scatters, so a rank
+    never holds more than its slice of the gradient, and every forward gathers: a rank with fewer
+    micro-batches than another runs idle passes until it has run as many."""
     mbs = pack(seqs, cfg.micro_tokens)
+    sharded = fsdp.is_sharded(ddp_model)
     # the whole mini-batch's completion tokens and sequences, over every rank: token-mean divides by them
     counts = torch.tensor([sum(len(s.tokens) for s in seqs), len(seqs)], dtype=torch.float64, device=device)
     if world > 1:
         dist.all_reduce(counts)
     batch = (int(counts[0]), int(counts[1]))
     m = dict.fromkeys(METRIC_SUMS, 0.0)
-    if world > 1 and not mbs:
+    if world > 1 and not mbs and not sharded:
         join_gradient_all_reduce(ddp_model, device, amp, scaler)
+    idle = fsdp.most_passes(len(mbs), device) - len(mbs) if sharded else 0
     for k, mb in enumerate(mbs):
         last = k == len(mbs) - 1
-        with ddp_model.no_sync() if world > 1 and not last else contextlib.nullcontext():
+        with ddp_model.no_sync() if world > 1 and not last and not sharded else contextlib.nullcontext():
             logp, ent = forward_logprobs(ddp_model, model, mb, temperature, device, amp)
             loss, parts = loss_fn(logp, ent, mb, cfg, batch)
-            scaled = loss * world      # DDP averages gradients over ranks; the loss already divides by all
+            scaled = loss * world      # DDP and FSDP average gradients over ranks; the loss already divides by all
             (scaled if scaler is None else scaler.scale(scaled)).backward()
         m["loss"] += float(loss.detach())   # this rank's share: the ranks' shares add up to the loss
         m["kl"] += float(parts.get("kl", torch.zeros(1)).sum())
         m["entropy"] += float(ent.detach().sum())
         m["clipped"] += float(parts.get("clipped", torch.zeros(1)).float().sum())
         m["tokens"] += len(logp)
+    for _ in range(idle):
+        join_gradient_all_reduce(ddp_model, device, amp, scaler)
     return m
+
+
+@torch.no_grad()
+def store_logprobs(model, rollouts: list[Rollout], field_name: str, cfg, device, amp):
+    """Store no-grad per-token log-probs of each rollout's tokens under `model`, at the sampling
+    temperature, as rollout.<field_name> ("old_logp" or "ref_logp"). A sharded model runs as
+    many forwards on every rank (idle ones after this rank's own), then frees its gathered root."""
+    mbs = pack(rollouts, cfg.micro_tokens)
+    for mb in mbs:
+        logp = forward_logprobs(model, model, mb, cfg.temperature, device, amp, with_entropy=False)   # (N,)
+        for r, part in zip(mb, logp.split([len(r.tokens) for r in mb])):
+            setattr(r, field_name, part.float().tolist())
+    if fsdp.is_sharded(model):
+        for _ in range(fsdp.most_passes(len(mbs), device) - len(mbs)):
+            model(torch.zeros((1, 1), dtype=torch.long, device=device))
+        fsdp.release(model)
 
 
 def join_gradient_all_reduce(ddp_model, device, amp, scaler=None):
     """The one gradient all-reduce of a mini-batch, from a rank that holds none of its sequences
-    (dynamic sampling can leave a rank without a group). DDP arms the all-reduce in a forward and
-    runs it in the backward, so this rank runs the model on one token and back-propagates zero
-    times its output: the others' gradients are averaged with zeros, as the loss's world-scaling
-    expects. The zero goes through fp16's loss scaler too: unscale_ needs a scale() first."""
+    (dynamic sampling can leave a rank without a group); under FSDP, one idle forward and backward
+    (its gathers and its reduce-scatter). DDP arms the all-reduce in a forward and runs it in the
+    backward, so this rank runs the model on one token and back-propagates zero times its output:
+    the others' gradients are averaged with zeros, as the loss's world-scaling expects. The zero
+    goes through fp16's loss scaler too: unscale_ needs a scale() first."""
     with precision.autocast(device, amp):
         out = ddp_model(torch.zeros((1, 1), dtype=torch.long, device=device))
     zero = out.float().sum() * 0.0
@@ -179,11 +206,13 @@ def optimizer_step(model, opt, grad_clip: float, scaler=None):
 
     With fp16's loss scaler the gradients were computed from loss * scale: they are divided by
     the scale first, so that the norm, the clip and AdamW see the true gradient, and the scaler
-    then halves its scale if they were not finite (or doubles it after 2,000 clean steps)."""
+    then halves its scale if they were not finite (or doubles it after 2,000 clean steps). Under
+    FSDP the norm is over every rank's slices, and fp16's ShardedGradScaler finds an overflow in
+    any of them: every rank takes the same verdict."""
     if scaler is not None:
         scaler.unscale_(opt)
         scaler.update()
-    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    norm = fsdp.whole_norm(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip))   # over every rank's slices
     if not torch.isfinite(norm):
         opt.zero_grad(set_to_none=True)
         return None

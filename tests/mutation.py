@@ -65,6 +65,8 @@ PRECISION = "tests/test_precision.py::"
 GUIDED = "tests/test_polish_guided.py::"
 TEMPLATE = "tests/test_chat_template.py::"
 ETA = "tests/test_eta.py::"
+FSDP = "tests/test_fsdp.py::"
+STEP = "tests/test_train.py::test_two_process_ddp_step_equals_one_process"
 
 MUTANTS = [
     # ------------------------------------------------------------------ train.py
@@ -136,7 +138,7 @@ MUTANTS = [
     mutant("train.py", 'store_logprobs(models.ref, rollouts, "ref_logp"', 'store_logprobs(models.policy, rollouts, "ref_logp"',
            LOOP + "test_old_and_reference_logprobs_come_from_the_right_weights",
            "reference log-probs scored with the policy (KL identically 0)"),
-    mutant("train.py", "logp = forward_logprobs(model, model, mb, cfg.temperature, device, amp, with_entropy=False)",
+    mutant("update.py", "logp = forward_logprobs(model, model, mb, cfg.temperature, device, amp, with_entropy=False)",
            "logp = forward_logprobs(model, model, mb, 1.0, device, amp, with_entropy=False)",
            LOOP + "test_old_and_reference_logprobs_come_from_the_right_weights",
            "old and reference log-probs scored at T = 1"),
@@ -149,8 +151,8 @@ MUTANTS = [
     mutant("update.py", "    opt.step()\n    opt.zero_grad(set_to_none=True)\n", "    opt.step()\n",
            LOOP + "test_optimizer_step_clips_steps_and_clears",
            "gradients not cleared after a step: they leak into the next mini-batch"),
-    mutant("update.py", "norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)",
-           'norm = torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))',
+    mutant("update.py", "clip_grad_norm_(model.parameters(), grad_clip)",
+           'clip_grad_norm_(model.parameters(), float("inf"))',
            LOOP + "test_optimizer_step_clips_steps_and_clears",
            "--grad-clip ignored"),
     mutant("update.py", "if cur and n + L > micro_tokens:", "if cur and n > micro_tokens:",
@@ -160,7 +162,8 @@ MUTANTS = [
            [LOOP + "test_pack_keeps_every_sequence_once_within_the_budget",
             LOOP + "test_loss_and_gradients_do_not_depend_on_the_micro_batch_split"],
            "the last micro-batch dropped"),
-    mutant("train.py", "        opt.load_state_dict(state.optimizer)", "        pass",
+    mutant("train.py", "        opt.load_state_dict(fsdp.shard_optimizer_state(state.optimizer, opt) if cfg.shard else state.optimizer)",
+           "        pass",
            RESUME, "resume does not restore the optimizer state"),
     mutant("train.py", "data_pos=state.data_pos if state else 0,", "data_pos=0,",
            RESUME, "resume restarts the data from the beginning"),
@@ -243,7 +246,7 @@ MUTANTS = [
            "TIS weights from the old policy against itself (always 1)"),
     mutant("update.py", "policy_loss=cfg.policy_loss,", 'policy_loss="grpo",',
            LOOP + "test_loss_and_gradients_do_not_depend_on_the_micro_batch_split", "--policy-loss gspo ignored"),
-    mutant("update.py", "    if world > 1 and not mbs:\n        join_gradient_all_reduce(ddp_model, device, amp, scaler)",
+    mutant("update.py", "    if world > 1 and not mbs and not sharded:\n        join_gradient_all_reduce(ddp_model, device, amp, scaler)",
            "    if False:\n        join_gradient_all_reduce(ddp_model, device, amp, scaler)",
            "tests/test_train.py::test_two_process_ddp_step_equals_one_process",
            "a rank with no sequence never joins the gradient all-reduce (the others wait forever)"),
@@ -387,9 +390,9 @@ MUTANTS = [
            POLISH + "test_rounds_resample_only_unsolved", "one round more than --rounds"),
     # ------------------------------------------------------------------ precision (fp16 loss scaling)
     mutant("update.py", "    if scaler is not None:\n        scaler.unscale_(opt)\n        scaler.update()\n"
-           "    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)\n",
-           "    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)\n"
-           "    if scaler is not None:\n        scaler.unscale_(opt)\n        scaler.update()\n",
+           "    norm = fsdp.whole_norm(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip))",
+           "    norm = fsdp.whole_norm(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip))\n"
+           "    if scaler is not None:\n        scaler.unscale_(opt)\n        scaler.update()",
            PRECISION + "test_optimizer_step_unscales_before_clipping_and_an_overflow_halves_the_scale",
            "fp16: gradients clipped (and their norm taken) before the loss scale is divided out"),
     mutant("update.py", "    if not torch.isfinite(norm):", "    if scaler is None and not torch.isfinite(norm):",
@@ -436,6 +439,39 @@ MUTANTS = [
            '"clip": (ratio < 1.0 - clip_low),',
            "tests/test_gap.py::test_gap_clip_column_by_hand",
            "gap_clip counts only ratios below the clip range"),
+    # ------------------------------------------------------------------ fsdp.py (--shard)
+    mutant("fsdp.py", "        unit.unshard()\n        for name, p in own_parameters(prefix, unit):\n            whole[name].copy_(p)",
+           "        for name, p in own_parameters(prefix, unit):\n            whole[name].copy_(p)",
+           FSDP + "test_the_sampling_copy_is_the_gathered_policy_after_every_update",
+           "the sampling copy takes each rank's slices without the all-gather"),
+    mutant("train.py", "        fsdp.gather_into(models.sampler, models.policy)\n        return",
+           "        return", FSDP + "test_the_sampling_copy_is_the_gathered_policy_after_every_update",
+           "--shard: the sampling copy never re-synced after an update"),
+    mutant("update.py", "            model(torch.zeros((1, 1), dtype=torch.long, device=device))\n        fsdp.release(model)",
+           "            model(torch.zeros((1, 1), dtype=torch.long, device=device))",
+           FSDP + "test_the_sampling_copy_is_the_gathered_policy_after_every_update",
+           "--shard: the root stays gathered after the no-grad log-probs (the reference whole on every rank)"),
+    mutant("update.py", "    idle = fsdp.most_passes(len(mbs), device) - len(mbs) if sharded else 0", "    idle = 0",
+           STEP, "--shard: a rank with fewer micro-batches runs no idle passes (the other waits on its gathers)"),
+    mutant("fsdp.py", "    return chunks[rank] if rank < len(chunks) else full[:0]", "    return chunks[0]",
+           [FSDP + "test_the_sampling_copy_is_the_gathered_policy_after_every_update",
+            FSDP + "test_a_sharded_run_equals_the_ddp_run"],
+           "every rank loads rank 0's rows"),
+    mutant("fsdp.py", "                part = local_slice(value, mesh.get_local_rank(), mesh.size()).to(p.to_local().device)",
+           "                part = local_slice(value, 0, mesh.size()).to(p.to_local().device)",
+           FSDP + "test_a_sharded_resume_is_exact", "a sharded resume gives every rank rank 0's AdamW moments"),
+    mutant("fsdp.py", "            whole = value.full_tensor() if isinstance(value, DTensor) else value",
+           "            whole = value.to_local() if isinstance(value, DTensor) else value",
+           FSDP + "test_a_sharded_checkpoint_is_a_whole_hf_folder",
+           "rank 0 saves its slice of AdamW's moments instead of the whole tensors"),
+    mutant("runfolder.py", "        weights = fsdp.full_state_dict(models.policy, run.rank)", "        weights = None",
+           FSDP + "test_a_sharded_checkpoint_is_a_whole_hf_folder",
+           "rank 0 writes its own slices of the policy, not the gathered weights"),
+    mutant("runfolder.py", "        ref_weights = fsdp.full_state_dict(models.ref, run.rank) if holds_ref else None",
+           "        ref_weights = None", FSDP + "test_a_sharded_checkpoint_is_a_whole_hf_folder",
+           "rank 0 writes its own slices of a switch's reference"),
+    mutant("train.py", "    if cfg.shard and fsdp.refusal(world):", "    if False:",
+           FSDP + "test_shard_in_one_process_is_refused", "--shard in one process is not refused up front"),
     # ------------------------------------------------------------------ guided.py (copy check, prompt)
     mutant("guided.py", 'return copied_share(text, original_solution(rec), rec["problem"]) >= COPY_MAX',
            'return copied_share(text, original_solution(rec), rec["problem"]) > COPY_MAX',
@@ -638,6 +674,12 @@ EQUIVALENT = [
      "is always a kept one, so both read the same number"),
     (mutant("data.py", "return repr(value)", "return str(value)", (), "numbers read with str()"),
      "for int and float, str() and repr() are the same in Python 3 (27.0 stays '27.0')"),
+    (mutant("fsdp.py", "    return norm.full_tensor() if DTensor is not None and isinstance(norm, DTensor) else norm",
+            "    return norm.to_local() if DTensor is not None and isinstance(norm, DTensor) else norm", (),
+            "--shard: the gradient norm read from this rank's local tensor"),
+     "clip_grad_norm_ over FSDP2's gradients returns the norm already reduced over the ranks "
+     "(placement Replicate, torch 2.13), so the local tensor is the whole norm; full_tensor() is "
+     "for a torch that returns it unreduced"),
 ]
 
 

@@ -116,7 +116,7 @@ def test_gradients_that_overflow_at_any_scale_stop_the_run(task, tmp_path, monke
     """A finite loss whose fp16 gradients overflow even unscaled (times 1e30, every mini-batch): the
     scale halves each step, and below 1 the run stops with one line (starting at scale 2 here)."""
     planted_overflow(monkeypatch, step=1, factor=1e30, every=True)
-    monkeypatch.setattr(precision, "loss_scaler", lambda name, device: torch.amp.GradScaler("cpu", init_scale=2.0))
+    monkeypatch.setattr(precision, "loss_scaler", lambda name, device, sharded=False: torch.amp.GradScaler("cpu", init_scale=2.0))
     with pytest.raises(SystemExit) as e:
         run_main(task, tmp_path / "run", monkeypatch, "--precision", "fp16", "--steps", "3", "--save-every", "0")
     assert str(e.value.code) == ("stopping: step 1: fp16's gradients overflow even unscaled (loss scale 0.5): "

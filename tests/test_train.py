@@ -20,17 +20,26 @@ def run(args, cwd, env=None, timeout=600):
                           env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
 
 
-@pytest.mark.parametrize("split", ["halves", "empty"])
-def test_two_process_ddp_step_equals_one_process(tmp_path, split):
-    """2 gloo ranks == 1 process over all sequences: the weights after the step (fp32, atol 1e-6)
-    and the logged entropy, KL, clip fraction and loss. halves: the ranks pack different numbers
-    of micro-batches (4 and 2); empty: rank 1 holds no sequence and only joins the all-reduce."""
-    one = run([sys.executable, str(REPO / "tests/ddp_step.py"), str(tmp_path / "one.pt")], tmp_path)
+@pytest.fixture(scope="module")
+def ddp_steps(tmp_path_factory):
+    """tests/ddp_step.py's results: one process, then the four two-rank cases in one torchrun."""
+    d = tmp_path_factory.mktemp("ddp_step")
+    one = run([sys.executable, str(REPO / "tests/ddp_step.py"), str(d)], d)
     assert one.returncode == 0, one.stderr
     two = run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
-               str(REPO / "tests/ddp_step.py"), str(tmp_path / "two.pt"), split], tmp_path)
+               str(REPO / "tests/ddp_step.py"), str(d)], d)
     assert two.returncode == 0, two.stderr[-3000:]
-    a, b = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
+    return d
+
+
+@pytest.mark.parametrize("split,how", [("halves", "ddp"), ("empty", "ddp"), ("halves", "shard"), ("empty", "shard")])
+def test_two_process_ddp_step_equals_one_process(ddp_steps, split, how):
+    """2 gloo ranks == 1 process over all sequences: the weights after the step (fp32, atol 1e-6)
+    and the logged entropy, KL, clip fraction and loss. halves: the ranks pack different numbers
+    of micro-batches (4 and 2); empty: rank 1 holds no sequence and only joins the all-reduce (under
+    --shard: it runs as many idle passes as rank 0 runs micro-batches). shard: the model is
+    sharded with FSDP2 (train.py --shard), fp16 under ShardedGradScaler."""
+    a, b = torch.load(ddp_steps / "one.pt"), torch.load(ddp_steps / f"{split}-{how}.pt")
     for k in a["params"]:
         torch.testing.assert_close(a["params"][k], b["params"][k], rtol=0, atol=1e-6, msg=k)
     assert a["metrics"].keys() == b["metrics"].keys() == {"entropy", "kl", "clip_frac", "loss"}
@@ -40,7 +49,7 @@ def test_two_process_ddp_step_equals_one_process(tmp_path, split):
     # fp16 with a loss scaler: the overflow of one rank's sequences skips the step on every rank
     # (the gradient is all-reduced before it is unscaled and checked) and halves every rank's
     # scale; the next step is taken, the ranks' weights stay bit-identical
-    b1 = torch.load(tmp_path / "two.pt.rank1")["fp16"]
+    b1 = torch.load(ddp_steps / f"{split}-{how}.pt.rank1")["fp16"]
     for seen in (a["fp16"], b["fp16"], b1):
         assert seen["taken"] == [False, True] and seen["scale"] == [2.0**15, 2.0**15]
         assert any(not torch.equal(seen["params"][k], seen["initial"][k]) for k in seen["params"])
