@@ -10,7 +10,8 @@ The two-rank cases, each from the same initial weights in the same processes:
     empty-shard    ShardedGradScaler; the weights written are gathered whole from the slices
 
 Rank 0 writes the parameters after the optimizer step and the update's logged metrics
-(train.token_means: entropy, KL, clip fraction, loss). Rank 0 gets more tokens than rank 1, so
+(train.token_means: entropy, KL, clip fraction, loss), in fp32 and (the file's "bf16") under
+bf16 autocast. Rank 0 gets more tokens than rank 1, so
 the ranks pack different numbers of micro-batches (4 and 2): under DDP only the last backward of
 each synchronises; sharded, the rank with fewer runs idle passes until it has run as many.
 
@@ -89,12 +90,12 @@ class Case:
         return {k: (v.full_tensor() if self.sharded else v).detach().clone() for k, v in model.state_dict().items()}
 
 
-def fp32_step(case: Case) -> dict:
-    """The update and its metrics, in fp32."""
+def one_step(case: Case, amp=False) -> dict:
+    """The update and its metrics, in fp32 or under autocast in amp (bf16)."""
     model, ddp = case.model()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     sums = train.train_minibatch(ddp, model, case.mine, loss_fn=train.grpo_loss, temperature=cfg.temperature,
-                                 cfg=cfg, device=CPU, world=world, amp=False)
+                                 cfg=cfg, device=CPU, world=world, amp=amp)
     metrics = train.token_means(sums, world, CPU)     # collective: every rank calls it
     train.optimizer_step(model, opt, cfg.grad_clip)
     return dict(params=case.whole(model), metrics=metrics)
@@ -126,7 +127,7 @@ def run_case(split: str, how: str, out: str):
     case = Case(split, how, seqs)
     torch.manual_seed(0)
     initial = {k: v.clone() for k, v in Transformer(CONFIG).state_dict().items()}
-    result = fp32_step(case)
+    result = one_step(case) | {"bf16": one_step(case, amp=torch.bfloat16)}
     fp16 = fp16_steps(case, seqs) | {"initial": initial}
     if rank == 0:
         torch.save(result | {"fp16": fp16}, out)

@@ -34,18 +34,21 @@ def ddp_steps(tmp_path_factory):
 
 @pytest.mark.parametrize("split,how", [("halves", "ddp"), ("empty", "ddp"), ("halves", "shard"), ("empty", "shard")])
 def test_two_process_ddp_step_equals_one_process(ddp_steps, split, how):
-    """2 gloo ranks == 1 process over all sequences: the weights after the step (fp32, atol 1e-6)
-    and the logged entropy, KL, clip fraction and loss. halves: the ranks pack different numbers
+    """2 gloo ranks == 1 process over all sequences: the weights after the step (atol 1e-6, in fp32
+    and under bf16 autocast) and the logged entropy, KL, clip fraction and loss. halves: the ranks pack different numbers
     of micro-batches (4 and 2); empty: rank 1 holds no sequence and only joins the all-reduce (under
     --shard: it runs as many idle passes as rank 0 runs micro-batches). shard: the model is
     sharded with FSDP2 (train.py --shard), fp16 under ShardedGradScaler."""
-    a, b = torch.load(ddp_steps / "one.pt"), torch.load(ddp_steps / f"{split}-{how}.pt")
-    for k in a["params"]:
-        torch.testing.assert_close(a["params"][k], b["params"][k], rtol=0, atol=1e-6, msg=k)
-    assert a["metrics"].keys() == b["metrics"].keys() == {"entropy", "kl", "clip_frac", "loss"}
-    assert a["metrics"]["kl"] > 0 and a["metrics"]["clip_frac"] > 0 and a["metrics"]["loss"] != 0
-    for k, v in a["metrics"].items():
-        assert b["metrics"][k] == pytest.approx(v, rel=1e-5, abs=1e-7), k
+    one, two = torch.load(ddp_steps / "one.pt"), torch.load(ddp_steps / f"{split}-{how}.pt")
+    for a, b in ((one, two), (one["bf16"], two["bf16"])):   # fp32, then under bf16 autocast
+        for k in a["params"]:
+            torch.testing.assert_close(a["params"][k], b["params"][k], rtol=0, atol=1e-6, msg=k)
+        assert a["metrics"].keys() == b["metrics"].keys() == {"entropy", "kl", "clip_frac", "loss"}
+        assert a["metrics"]["kl"] > 0 and a["metrics"]["clip_frac"] > 0 and a["metrics"]["loss"] != 0
+        for k, v in a["metrics"].items():
+            assert b["metrics"][k] == pytest.approx(v, rel=1e-5, abs=1e-7), k
+    assert any(not torch.equal(one["params"][k], one["bf16"]["params"][k]) for k in one["params"])
+    a, b = one, two
     # fp16 with a loss scaler: the overflow of one rank's sequences skips the step on every rank
     # (the gradient is all-reduced before it is unscaled and checked) and halves every rank's
     # scale; the next step is taken, the ranks' weights stay bit-identical
