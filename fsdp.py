@@ -183,10 +183,10 @@ def full_optimizer_state(opt: torch.optim.Optimizer, rank: int) -> dict:
     saved = opt.state_dict()
     state = {}
     for i, per_param in saved["state"].items():   # the same order on every rank: parameter index
-        state[i] = {}
         for key, value in per_param.items():
             whole = value.full_tensor() if isinstance(value, DTensor) else value
-            state[i][key] = whole.to("cpu", copy=True) if torch.is_tensor(whole) else whole
+            if rank == 0:   # the other ranks only take part in the gather: nothing kept
+                state.setdefault(i, {})[key] = whole.to("cpu", copy=True) if torch.is_tensor(whole) else whole
     return {"state": state, "param_groups": saved["param_groups"]} if rank == 0 else {}
 
 

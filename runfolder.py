@@ -341,12 +341,13 @@ def save_step(run, models, opt, step: int, data_pos: int, scaler=None):
     reference is gathered too, even when rank 0 then hard-links the copy already on disk."""
     enter("checkpoint")
     holds_ref = models.ref is not None and models.ref_step > 0
-    weights = ref_weights = None
-    optimizer = opt.state_dict() if run.rank == 0 else {}
-    if run.cfg.shard:
+    if run.cfg.shard:   # collective: every rank gathers, rank 0 keeps
         weights = fsdp.full_state_dict(models.policy, run.rank)
         ref_weights = fsdp.full_state_dict(models.ref, run.rank) if holds_ref else None
         optimizer = fsdp.full_optimizer_state(opt, run.rank)
+    else:               # the models' own weights; rank 0's AdamW holds the whole state
+        weights = ref_weights = None
+        optimizer = opt.state_dict() if run.rank == 0 else {}
     if run.rank == 0:
         state = TrainerState(step=step, data_pos=data_pos, optimizer=optimizer, config=asdict(run.cfg),
                              rng=torch.get_rng_state(), stage=run.stage, ref_step=models.ref_step,
